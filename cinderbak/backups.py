@@ -1,0 +1,158 @@
+"""Reading backups and snapshots from Cinder in the shapes planning needs.
+
+Thin I/O: list calls, conversion to the pure planner's BackupInfo, the
+quota arithmetic, and deleting a temporary snapshot once Cinder lets go.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+
+import openstack.connection
+from openstack import exceptions as sdk_exceptions
+from oslo_log import log as logging
+
+from cinderbak import tenant
+from cinderbak.cloud import Cloud
+from cinderbak.retention import BackupInfo
+
+LOG = logging.getLogger(__name__)
+
+
+def parse_time(value: str | None) -> datetime.datetime | None:
+    """Return Cinder's timestamp (naive, UTC) as an aware datetime."""
+    if not value:
+        return None
+    parsed = datetime.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed
+
+
+def to_info(backup, deployment_id: str) -> BackupInfo:
+    """Convert an SDK backup to the planner's view of it."""
+    metadata = dict(backup.metadata or {})
+    try:
+        held = tenant.is_held(backup.id, metadata)
+    except tenant.MetadataError as exc:
+        LOG.warning("%s; keeping the backup as held", exc)
+        held = True
+    created = parse_time(backup.created_at)
+    return BackupInfo(
+        id=backup.id,
+        created_at=created,
+        data_timestamp=parse_time(backup.data_timestamp) or created,
+        is_incremental=bool(backup.is_incremental),
+        status=backup.status,
+        ours=tenant.is_ours(metadata, deployment_id),
+        held=held,
+        has_dependent_backups=bool(backup.has_dependent_backups),
+    )
+
+
+def history(
+    conn: openstack.connection.Connection, volume_id: str, deployment_id: str
+) -> list[BackupInfo]:
+    """Return all backups of a volume in the connection's project.
+
+    Foreign backups are included on purpose: Cinder may pick one of them
+    as the parent of our next incremental. Backup metadata cannot be
+    filtered server-side (the filter silently matches nothing), so our
+    mark is checked here.
+    """
+    return [
+        to_info(backup, deployment_id)
+        for backup in conn.block_storage.backups(
+            details=True, volume_id=volume_id
+        )
+    ]
+
+
+def ids_in_status(cloud: Cloud, kind: str, status: str) -> set[str]:
+    """Return ids of all backups or snapshots (any project) in ``status``.
+
+    One paged list call covers every job in flight: polling stays one
+    request per interval whatever the number of volumes.
+    """
+    listing = getattr(cloud.service.block_storage, kind)
+    return cloud.call(
+        lambda: {
+            item.id
+            for item in listing(details=False, all_projects=True,
+                                status=status)
+        }
+    )
+
+
+def quota_shortfall(quota, size_gb: int) -> str | None:
+    """Given a project's quota set with usage, say what one more backup of
+    ``size_gb`` would exceed, or return None if it fits.
+
+    Cinder reserves the full volume size for every backup, incremental or
+    not, so that is what is checked.
+    """
+    problems = []
+    for resource, needed in (("backups", 1), ("backup_gigabytes", size_gb)):
+        limit = getattr(quota, resource, None)
+        if limit is None or limit < 0:
+            continue
+        used = (quota.usage or {}).get(resource, 0) + (
+            quota.reservation or {}
+        ).get(resource, 0)
+        if used + needed > limit:
+            problems.append(
+                f"{resource} quota {limit} has {limit - used} left, "
+                f"one backup needs {needed}"
+            )
+    if not problems:
+        return None
+    return "backup quota exceeded: " + "; ".join(problems)
+
+
+def expected_parent(backups: list[BackupInfo]) -> str | None:
+    """Return the backup Cinder will pick as parent of an incremental now:
+    the newest available one of the volume in the project, ours or not.
+    """
+    available = [b for b in backups if b.status == "available"]
+    if not available:
+        return None
+    return max(available, key=lambda b: b.data_timestamp).id
+
+
+def delete_snapshot_when_free(
+    cloud: Cloud,
+    conn: openstack.connection.Connection,
+    snapshot_id: str,
+    *,
+    timeout: float,
+    stop: threading.Event,
+    interval: float = 2.0,
+) -> None:
+    """Delete a temporary snapshot once no backup reads from it.
+
+    A snapshot is ``backing-up`` while a backup reads it and cannot be
+    deleted then. Wait for the deletion to finish, so the run ends with
+    nothing of ours left behind. Raise TimeoutError if it does not.
+    """
+    deadline = datetime.datetime.now(datetime.UTC).timestamp() + timeout
+    requested = False
+    while True:
+        try:
+            snapshot = cloud.call(conn.block_storage.get_snapshot,
+                                  snapshot_id)
+        except sdk_exceptions.NotFoundException:
+            return
+        if not requested and snapshot.status in ("available", "error"):
+            cloud.call(conn.block_storage.delete_snapshot, snapshot_id,
+                       ignore_missing=True)
+            requested = True
+        elif snapshot.status == "error_deleting":
+            raise TimeoutError(f"snapshot {snapshot_id} is error_deleting")
+        if datetime.datetime.now(datetime.UTC).timestamp() > deadline:
+            raise TimeoutError(
+                f"snapshot {snapshot_id} still {snapshot.status} after "
+                f"{timeout:.0f} s"
+            )
+        if stop.wait(interval):
+            raise TimeoutError("stopping; the next start finishes the job")

@@ -1,0 +1,71 @@
+"""``cinderbak``: the operator's command line (cliff: table, JSON, CSV)."""
+
+from __future__ import annotations
+
+import sys
+
+from cliff.app import App
+from cliff.commandmanager import CommandManager
+from oslo_config import cfg
+
+from cinderbak import logs, opts, service
+from cinderbak.version import version_string
+
+
+class CinderbakApp(App):
+    """Reads the oslo.config files first, then dispatches to a command."""
+
+    def __init__(self, conf: cfg.ConfigOpts | None = None) -> None:
+        super().__init__(
+            description="Operate cinderbak: run policies, inspect runs.",
+            version=version_string(),
+            command_manager=CommandManager("cinderbak.cli"),
+            deferred_help=True,
+        )
+        self.conf = conf or cfg.CONF
+        self._parts: service.Parts | None = None
+
+    def build_option_parser(self, description, version, argparse_kwargs=None):
+        parser = super().build_option_parser(
+            description, version, argparse_kwargs
+        )
+        parser.add_argument(
+            "--config-file", action="append", default=[], metavar="PATH",
+            help="cinderbak configuration file (repeatable; default: "
+            "/etc/cinderbak/cinderbak.conf)",
+        )
+        parser.add_argument(
+            "--config-dir", action="append", default=[], metavar="DIR",
+            help="directory of *.conf files read after --config-file",
+        )
+        return parser
+
+    def configure_logging(self) -> None:
+        """Logging belongs to oslo.log, set up in initialize_app."""
+
+    def initialize_app(self, argv) -> None:
+        opts.register_opts(self.conf)
+        args = [f"--config-file={path}" for path in self.options.config_file]
+        args += [f"--config-dir={path}" for path in self.options.config_dir]
+        self.conf(args=args, project="cinderbak", version=version_string())
+        if self.options.debug or self.options.verbose_level > 1:
+            self.conf.set_override("debug", True)
+        logs.setup(self.conf)
+
+    def parts(self) -> service.Parts:
+        """Connect on first use, so `--help` needs no cloud."""
+        if self._parts is None:
+            self._parts = service.build(self.conf)
+        return self._parts
+
+    def clean_up(self, cmd, result, err) -> None:
+        if self._parts is not None:
+            self._parts.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return CinderbakApp().run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

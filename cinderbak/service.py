@@ -1,0 +1,87 @@
+"""Wiring shared by the daemon and the CLI: config in, ready parts out."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import threading
+from collections.abc import Iterable
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from cinderbak import discovery, journal, policy
+from cinderbak.cloud import Cloud
+from cinderbak.limits import Limiter
+from cinderbak.summary import Outcome
+from cinderbak.workflow import PolicyRun, report_problem
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Parts:
+    """What every command needs, built once from the configuration."""
+
+    conf: cfg.ConfigOpts
+    policies: dict[str, policy.Policy]
+    cloud: Cloud
+    journal: journal.Journal
+    limiter: Limiter
+
+    def close(self) -> None:
+        self.cloud.close()
+        self.journal.close()
+
+
+def build(conf: cfg.ConfigOpts) -> Parts:
+    """Validate the configuration and connect.
+
+    Raise PolicyConfigError for a bad policy and CloudTooOld when the
+    cloud cannot do what we need, before anything is touched.
+    """
+    policies = policy.load_policies(conf)
+    if conf.journal.connection.startswith("sqlite:///"):
+        os.makedirs(conf.state_path, mode=0o750, exist_ok=True)
+    store = journal.Journal(conf)
+    store.upgrade()
+    cloud = Cloud(conf)
+    version = cloud.check_microversion()
+    LOG.info("Block Storage API microversion %d.%d; %d policies: %s",
+             *version, len(policies), ", ".join(sorted(policies)) or "-")
+    return Parts(conf, policies, cloud, store, Limiter.from_conf(conf))
+
+
+def run_once(
+    parts: Parts,
+    names: Iterable[str] | None = None,
+    *,
+    audit: bool = True,
+    stop: threading.Event | None = None,
+) -> list[Outcome]:
+    """Run the named policies (all by default) now; return the outcomes.
+
+    With ``audit``, also report volumes whose opt-in names no policy.
+    """
+    names = sorted(names or parts.policies)
+    unknown = [name for name in names if name not in parts.policies]
+    if unknown:
+        raise policy.PolicyConfigError(
+            policy.SECTION_PREFIX + unknown[0], "(section)",
+            "no such policy; defined: " + ", ".join(sorted(parts.policies)))
+    scheduled_at = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    outcomes: list[Outcome] = []
+    for name in names:
+        found = discovery.discover(parts.cloud, parts.policies, [name])
+        run = PolicyRun(parts.conf, parts.cloud, parts.journal,
+                        parts.limiter, parts.policies[name], scheduled_at,
+                        stop=stop)
+        outcomes.extend(run.execute(found))
+    if audit:
+        problems = discovery.audit(parts.cloud, parts.policies)
+        outcomes.extend(
+            report_problem(parts.conf, parts.cloud, problem)
+            for problem in problems
+        )
+    return outcomes

@@ -1,0 +1,9 @@
+"""The package version, from pbr's metadata."""
+
+import pbr.version
+
+version_info = pbr.version.VersionInfo("cinderbak")
+
+
+def version_string() -> str:
+    return version_info.version_string()

@@ -1,0 +1,494 @@
+"""One scheduled run of a policy, from opted-in volumes to finished backups.
+
+A run prepares a job per volume (checks, ownership, full or incremental,
+quota), then drives all jobs from a single loop: it starts what the limits
+allow and polls Cinder with one list call per resource kind for everything
+in flight, instead of one GET per backup. Every action is written to the
+journal before it is taken and marked done after, so a restart knows what
+was in flight. One volume's failure is that volume's outcome only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import openstack.connection
+from openstack import exceptions as sdk_exceptions
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from cinderbak import backups, chains, tenant
+from cinderbak.cloud import Cloud, NoRoleInProject
+from cinderbak.discovery import Problem, Target
+from cinderbak.journal import Journal, states, steps
+from cinderbak.limits import Limiter
+from cinderbak.policy import Ownership, Policy, TransferMode
+from cinderbak.summary import Outcome
+
+LOG = logging.getLogger(__name__)
+
+OPTS = [
+    cfg.StrOpt(
+        "deployment_id",
+        default="cinderbak",
+        help="This deployment's mark on the backups and snapshots it "
+        "creates (metadata cinderbak:owner). Expiry only ever touches "
+        "backups with this mark: give each deployment sharing a cloud "
+        "its own, and never change it without migrating the marks.",
+    ),
+    cfg.BoolOpt(
+        "write_back_status",
+        default=False,
+        help="Write cinderbak:last_backup and cinderbak:last_status into "
+        "the metadata of each opted-in volume, so tenants see the outcome "
+        "without asking the operator.",
+    ),
+    cfg.FloatOpt(
+        "poll_interval",
+        default=5.0,
+        min=0.1,
+        help="Seconds between two status polls of in-flight work. Each "
+        "poll is one list call per resource kind, whatever the number "
+        "of volumes in flight.",
+    ),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(OPTS)
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    return [("DEFAULT", OPTS)]
+
+
+SNAPSHOT_NOTE = (
+    "taken from a snapshot: Cinder's Ceph backup driver copies such "
+    "backups in full; use transfer_mode = volume for differential copies"
+)
+
+
+@dataclasses.dataclass
+class Job:
+    """Mutable state of one volume's backup within one run."""
+
+    target: Target
+    run_id: str
+    conn: openstack.connection.Connection
+    kind: str
+    kind_reason: str
+    expected_parent: str | None
+    consistency: str = "crash"
+    notes: list[str] = dataclasses.field(default_factory=list)
+    snapshot_id: str | None = None
+    snapshot_step: int | None = None
+    backup_id: str | None = None
+    backup_step: int | None = None
+    started: float = 0.0
+    deadline: float = 0.0
+    holds_slot: bool = False
+    outcome: Outcome | None = None
+
+
+class PolicyRun:
+    """Carries out one run of one policy over a set of targets."""
+
+    def __init__(
+        self,
+        conf: cfg.ConfigOpts,
+        cloud: Cloud,
+        journal: Journal,
+        limiter: Limiter,
+        policy: Policy,
+        scheduled_at: datetime.datetime,
+        *,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.conf = conf
+        self.cloud = cloud
+        self.journal = journal
+        self.limiter = limiter
+        self.policy = policy
+        self.scheduled_at = scheduled_at
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.run_label = f"{policy.name}@{scheduled_at:%Y-%m-%dT%H:%M:%SZ}"
+
+    # -- the run ---------------------------------------------------------
+
+    def execute(self, found: Iterable[Target | Problem]) -> list[Outcome]:
+        """Back up every target; return one outcome per volume."""
+        outcomes: list[Outcome] = []
+        queued: list[Job] = []
+        for item in found:
+            if isinstance(item, Problem):
+                outcomes.append(report_problem(self.conf, self.cloud, item))
+                continue
+            job_or_outcome = self._prepare(item)
+            if isinstance(job_or_outcome, Outcome):
+                outcomes.append(job_or_outcome)
+            else:
+                queued.append(job_or_outcome)
+        in_flight: list[Job] = []
+        while queued or in_flight:
+            self._start_what_limits_allow(queued, in_flight)
+            if not in_flight:
+                if queued:  # nothing could start: another run holds slots
+                    self.stop.wait(self.conf.poll_interval)
+                    continue
+                break
+            if self.stop.wait(self.conf.poll_interval):
+                LOG.info("run %s: stopping; in-flight work stays in the "
+                         "journal for the next start", self.run_label)
+                break
+            self._poll(in_flight)
+            for job in [j for j in in_flight if j.outcome is not None]:
+                in_flight.remove(job)
+                self._finish(job)
+                outcomes.append(job.outcome)
+        return outcomes
+
+    # -- preparing -------------------------------------------------------
+
+    def _prepare(self, target: Target) -> Job | Outcome:
+        policy = self.policy
+        run = self.journal.begin_run(
+            policy.name,
+            target.volume_id,
+            self.scheduled_at,
+            project_id=target.project_id,
+            attrs={"transfer_mode": policy.transfer_mode.value,
+                   "ownership": policy.ownership.value},
+        )
+        if run.state in states.FINAL:
+            return self._outcome(target, "skipped",
+                                 error=f"run already {run.state}")
+
+        def refuse(reason: str, status: str = "error") -> Outcome:
+            final = states.SKIPPED if status == "skipped" else states.FAILED
+            self.journal.finish_run(run.id, final, {"error": reason})
+            if status == "error":
+                self._write_back(target, reason)
+            return self._outcome(target, status, error=reason)
+
+        if target.status == "backing-up":
+            return refuse("the volume is already backing-up (another "
+                          "backup is in progress)", "skipped")
+        if target.status not in ("available", "in-use"):
+            return refuse(f"volume status is {target.status}; backups "
+                          "need available or in-use")
+        if target.quiesce is tenant.QuiesceMode.REQUIRED:
+            return refuse("cinderbak:quiesce=required, but no guest "
+                          "freeze is possible for this volume")
+        try:
+            conn = self._owner_connection(target)
+            history = backups.history(conn, target.volume_id,
+                                      self.conf.deployment_id)
+            shortfall = backups.quota_shortfall(
+                self.cloud.call(self.cloud.service.block_storage
+                                .get_quota_set, self._owner(target),
+                                usage=True),
+                target.size_gb,
+            )
+        except NoRoleInProject as exc:
+            return refuse(str(exc))
+        except sdk_exceptions.SDKException as exc:
+            return refuse(f"cannot read backups or quota: {exc}")
+        if shortfall:
+            return refuse(f"project {self._owner(target)}: {shortfall}")
+        now = datetime.datetime.now(datetime.UTC)
+        kind, reason = chains.next_backup_kind(
+            history, policy.full_every, now
+        )
+        return Job(
+            target=target,
+            run_id=run.id,
+            conn=conn,
+            kind=kind,
+            kind_reason=reason,
+            expected_parent=backups.expected_parent(history),
+        )
+
+    def _owner(self, target: Target) -> str:
+        if self.policy.ownership is Ownership.PROJECT:
+            return target.project_id
+        return self.cloud.service.current_project_id
+
+    def _owner_connection(
+        self, target: Target
+    ) -> openstack.connection.Connection:
+        if self.policy.ownership is Ownership.PROJECT:
+            return self.cloud.for_project(target.project_id)
+        return self.cloud.service
+
+    # -- starting --------------------------------------------------------
+
+    def _start_what_limits_allow(
+        self, queued: list[Job], in_flight: list[Job]
+    ) -> None:
+        zone = self.policy.backup_availability_zone
+        for job in list(queued):
+            if not self.limiter.try_acquire(job.target.project_id, zone):
+                continue
+            queued.remove(job)
+            job.holds_slot = True
+            job.started = self.clock()
+            self.journal.start_run(job.run_id)
+            in_flight.append(job)
+            if self.policy.transfer_mode is TransferMode.SNAPSHOT:
+                self._create_snapshot(job)
+            else:
+                self._create_backup(job)
+
+    def _marks(self, job: Job) -> dict[str, str]:
+        return {
+            tenant.OWNER: self.conf.deployment_id,
+            tenant.POLICY: self.policy.name,
+            tenant.RUN: self.run_label,
+            tenant.CONSISTENCY: job.consistency,
+        }
+
+    def _create_snapshot(self, job: Job) -> None:
+        target = job.target
+        job.snapshot_step = self.journal.begin_step(
+            job.run_id, steps.SNAPSHOT_CREATE, target=target.volume_id,
+            details={"force": target.in_use},
+        )
+        try:
+            snapshot = self.cloud.call(
+                job.conn.block_storage.create_snapshot,
+                idempotent=False,
+                volume_id=target.volume_id,
+                name=f"cinderbak-{self.run_label}",
+                description="temporary: source of a cinderbak backup",
+                force=target.in_use,
+                metadata=self._marks(job),
+            )
+        except sdk_exceptions.SDKException as exc:
+            self.journal.fail_step(job.snapshot_step, str(exc))
+            job.outcome = self._job_outcome(job, "error",
+                                            f"snapshot refused: {exc}")
+            return
+        job.snapshot_id = snapshot.id
+        self.journal.set_step_resource(job.snapshot_step, snapshot.id)
+        job.deadline = self.clock() + self.policy.snapshot_timeout
+
+    def _create_backup(self, job: Job) -> None:
+        target = job.target
+        incremental = job.kind == chains.INCREMENTAL
+        job.backup_step = self.journal.begin_step(
+            job.run_id, steps.BACKUP_CREATE, target=target.volume_id,
+            details={"kind": job.kind, "reason": job.kind_reason,
+                     "expected_parent": job.expected_parent,
+                     "snapshot_id": job.snapshot_id},
+        )
+        attrs = {
+            "volume_id": target.volume_id,
+            "name": f"cinderbak-{self.run_label}",
+            "description": f"cinderbak {job.kind} backup, run "
+                           f"{self.run_label}",
+            "is_incremental": incremental,
+            "metadata": self._marks(job),
+        }
+        if job.snapshot_id:
+            attrs["snapshot_id"] = job.snapshot_id
+        elif target.in_use:
+            attrs["force"] = True
+        if self.policy.backup_availability_zone:
+            attrs["availability_zone"] = self.policy.backup_availability_zone
+        if self.policy.backup_container:
+            attrs["container"] = self.policy.backup_container
+        try:
+            backup = self.cloud.call(job.conn.block_storage.create_backup,
+                                     idempotent=False, **attrs)
+        except sdk_exceptions.SDKException as exc:
+            self.journal.fail_step(job.backup_step, str(exc))
+            job.outcome = self._job_outcome(job, "error",
+                                            f"backup refused: {exc}")
+            return
+        job.backup_id = backup.id
+        self.journal.set_step_resource(job.backup_step, backup.id)
+        job.deadline = self.clock() + self.policy.backup_timeout
+
+    # -- polling ---------------------------------------------------------
+
+    def _poll(self, in_flight: Sequence[Job]) -> None:
+        """One list call per kind for all jobs; a GET only for those done."""
+        waiting_snap = [j for j in in_flight
+                        if j.outcome is None and j.backup_id is None
+                        and j.snapshot_id]
+        waiting_backup = [j for j in in_flight
+                          if j.outcome is None and j.backup_id]
+        if waiting_snap:
+            creating = backups.ids_in_status(
+                self.cloud, "snapshots", "creating")
+            for job in waiting_snap:
+                if job.snapshot_id in creating:
+                    self._check_deadline(job, "snapshot")
+                    continue
+                self._snapshot_settled(job)
+        if waiting_backup:
+            creating = backups.ids_in_status(
+                self.cloud, "backups", "creating")
+            for job in waiting_backup:
+                if job.backup_id in creating:
+                    self._check_deadline(job, "backup")
+                    continue
+                self._backup_settled(job)
+
+    def _check_deadline(self, job: Job, what: str) -> None:
+        if self.clock() < job.deadline:
+            return
+        resource = job.backup_id if what == "backup" else job.snapshot_id
+        job.outcome = self._job_outcome(
+            job, "timeout",
+            f"{what} {resource} still creating after its timeout; it is "
+            "left in the journal and checked again on the next start",
+        )
+
+    def _snapshot_settled(self, job: Job) -> None:
+        snapshot = self.cloud.call(self.cloud.service.block_storage
+                                   .get_snapshot, job.snapshot_id)
+        if snapshot.status == "available":
+            self.journal.complete_step(job.snapshot_step)
+            self._create_backup(job)
+            return
+        self.journal.fail_step(job.snapshot_step,
+                               f"snapshot status {snapshot.status}")
+        job.outcome = self._job_outcome(
+            job, "error", f"snapshot {snapshot.id} ended {snapshot.status}")
+
+    def _backup_settled(self, job: Job) -> None:
+        backup = self.cloud.call(self.cloud.service.block_storage
+                                 .get_backup, job.backup_id)
+        if backup.status == "available":
+            self.journal.complete_step(
+                job.backup_step, resource_id=backup.id,
+                details={"is_incremental": backup.is_incremental,
+                         "size_gb": backup.size})
+            if job.kind == chains.INCREMENTAL and not backup.is_incremental:
+                job.notes.append("Cinder made a full backup")
+            if job.snapshot_id:
+                job.notes.append(SNAPSHOT_NOTE)
+            job.outcome = self._job_outcome(job, "ok", backup=backup)
+            return
+        reason = backup.fail_reason or f"status {backup.status}"
+        self.journal.fail_step(job.backup_step, reason)
+        job.outcome = self._job_outcome(job, "error",
+                                        f"backup failed: {reason}")
+        self._delete_failed_backup(job)
+
+    # -- finishing -------------------------------------------------------
+
+    def _delete_failed_backup(self, job: Job) -> None:
+        """Remove a backup of ours that ended in error; it holds no data."""
+        step = self.journal.begin_step(
+            job.run_id, steps.BACKUP_DELETE, target=job.target.volume_id,
+            details={"reason": "backup ended in error"},
+        )
+        self.journal.set_step_resource(step, job.backup_id)
+        try:
+            self.cloud.call(job.conn.block_storage.delete_backup,
+                            job.backup_id, ignore_missing=True)
+        except sdk_exceptions.SDKException as exc:
+            self.journal.fail_step(step, str(exc))
+            job.notes.append(f"could not delete failed backup: {exc}")
+            return
+        self.journal.complete_step(step)
+
+    def _delete_snapshot(self, job: Job) -> None:
+        """Remove the temporary snapshot, whatever became of the backup."""
+        step = self.journal.begin_step(
+            job.run_id, steps.SNAPSHOT_DELETE, target=job.target.volume_id,
+            details={},
+        )
+        self.journal.set_step_resource(step, job.snapshot_id)
+        try:
+            backups.delete_snapshot_when_free(
+                self.cloud, job.conn, job.snapshot_id,
+                timeout=self.policy.snapshot_timeout, stop=self.stop)
+        except (sdk_exceptions.SDKException, TimeoutError) as exc:
+            self.journal.fail_step(step, str(exc))
+            job.notes.append(f"temporary snapshot {job.snapshot_id} not "
+                             f"yet deleted ({exc}); retried at next start")
+            return
+        self.journal.complete_step(step)
+
+    def _finish(self, job: Job) -> None:
+        if job.holds_slot:
+            self.limiter.release(job.target.project_id,
+                                 self.policy.backup_availability_zone)
+            job.holds_slot = False
+        timed_out = job.outcome.status == "timeout"
+        if job.snapshot_id and not (timed_out and job.backup_id):
+            self._delete_snapshot(job)
+        state = {"ok": states.SUCCEEDED, "timeout": states.TIMED_OUT}.get(
+            job.outcome.status, states.FAILED)
+        self.journal.finish_run(job.run_id, state, job.outcome.as_dict())
+        if job.outcome.status == "ok":
+            self._write_back(job.target, None, job.backup_id)
+        elif job.outcome.status == "error":
+            self._write_back(job.target, job.outcome.error)
+        LOG.info("%s", job.outcome.log_line())
+
+    def _write_back(self, target: Target, error: str | None,
+                    backup_id: str | None = None) -> None:
+        write_back(self.conf, self.cloud, target.volume_id, error, backup_id)
+
+    def _outcome(self, target: Target, status: str, *,
+                 error: str | None = None) -> Outcome:
+        return Outcome(volume_id=target.volume_id, volume_name=target.name,
+                       project_id=target.project_id, policy=self.policy.name,
+                       mode=self.policy.transfer_mode.value, status=status,
+                       error=error)
+
+    def _job_outcome(self, job: Job, status: str, error: str | None = None,
+                     backup=None) -> Outcome:
+        outcome = self._outcome(job.target, status, error=error)
+        outcome.kind = job.kind
+        outcome.backup_id = job.backup_id
+        outcome.seconds = round(self.clock() - job.started, 1)
+        outcome.consistency = job.consistency
+        outcome.notes = list(job.notes)
+        if backup is not None:
+            outcome.size_gb = backup.size
+            outcome.kind = (chains.INCREMENTAL if backup.is_incremental
+                            else chains.FULL)
+        return outcome
+
+
+def write_back(conf: cfg.ConfigOpts, cloud: Cloud, volume_id: str,
+               error: str | None, backup_id: str | None = None) -> None:
+    """Tell the tenant, on the volume itself, how its last run went.
+
+    Only our own keys are set (merged, never replacing the tenant's), and
+    only when the operator enabled it.
+    """
+    if not conf.write_back_status:
+        return
+    values = {tenant.LAST_STATUS: tenant.status_text(error)}
+    if backup_id:
+        now = datetime.datetime.now(datetime.UTC)
+        values[tenant.LAST_BACKUP] = f"{backup_id} {now:%Y-%m-%dT%H:%M:%SZ}"
+    try:
+        cloud.call(cloud.service.block_storage.set_volume_metadata,
+                   volume_id, **values)
+    except sdk_exceptions.SDKException as exc:
+        LOG.warning("volume %s: could not write back status: %s",
+                    volume_id, exc)
+
+
+def report_problem(conf: cfg.ConfigOpts, cloud: Cloud,
+                   problem: Problem) -> Outcome:
+    """Log a volume's broken opt-in and show it to its tenant."""
+    LOG.error("%s", problem.error)
+    write_back(conf, cloud, problem.volume_id, problem.error)
+    return Outcome(volume_id=problem.volume_id,
+                   project_id=problem.project_id,
+                   policy=problem.policy or "", status="error",
+                   error=problem.error)
