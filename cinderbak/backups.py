@@ -15,7 +15,7 @@ from oslo_log import log as logging
 
 from cinderbak import tenant
 from cinderbak.cloud import Cloud
-from cinderbak.retention import BackupInfo
+from cinderbak.chains import BackupInfo
 
 LOG = logging.getLogger(__name__)
 
@@ -108,16 +108,6 @@ def quota_shortfall(quota, size_gb: int) -> str | None:
     if not problems:
         return None
     return "backup quota exceeded: " + "; ".join(problems)
-
-
-def expected_parent(backups: list[BackupInfo]) -> str | None:
-    """Return the backup Cinder will pick as parent of an incremental now:
-    the newest available one of the volume in the project, ours or not.
-    """
-    available = [b for b in backups if b.status == "available"]
-    if not available:
-        return None
-    return max(available, key=lambda b: b.data_timestamp).id
 
 
 def delete_snapshot_when_free(

@@ -211,7 +211,7 @@ class PolicyRun:
             conn=conn,
             kind=kind,
             kind_reason=reason,
-            expected_parent=backups.expected_parent(history),
+            expected_parent=chains.expected_parent(history),
         )
 
     def _owner(self, target: Target) -> str:

@@ -1,0 +1,884 @@
+"""The journal: what every run did, written down before it was done.
+
+A worker records each step as an INTENT before it acts on the cloud, the
+resource id as soon as the cloud returns one, and the outcome after. After
+a ``kill -9`` the next start finds, through :meth:`Journal.unfinished_runs`,
+:meth:`Journal.open_steps` and :meth:`Journal.frozen_servers`, exactly what
+to resume, undo or skip. The journal itself never decides that: the
+caller's recovery logic moves each record to its outcome.
+
+Thread safety: one engine per :class:`Journal`, a new session and a short
+transaction per call, and plain frozen records (never ORM objects) handed
+back, so worker threads may share one :class:`Journal`.
+
+Concurrency: a run or step is read under a row lock (``SELECT ... FOR
+UPDATE``; on SQLite every write transaction starts with ``BEGIN
+IMMEDIATE``) before its transition is checked, so two workers racing for
+the same run see each other's outcome and the loser gets
+:class:`~cinderbak.journal.states.InvalidTransition`, never a second
+backup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Self
+
+import sqlalchemy as sa
+from alembic import command as alembic_command
+from alembic import config as alembic_config
+from alembic import migration as alembic_migration
+from alembic import script as alembic_script
+from oslo_config import cfg
+from oslo_log import log as logging
+from sqlalchemy import orm
+
+from cinderbak.journal import models, options
+from cinderbak.journal.migrations import VERSION_TABLE
+from cinderbak.journal.models import to_utc
+from cinderbak.journal.states import (
+    FAILURE_RUN_STATES,
+    FINAL_RUN_STATES,
+    IN_FLIGHT_RUN_STATES,
+    OPEN_STEP_STATES,
+    RunState,
+    StepState,
+    check_run_transition,
+    check_step_transition,
+)
+from cinderbak.journal.steps import EXPECTED_PARENT, StepKind
+
+MIGRATIONS = "cinderbak.journal:migrations"
+"""Alembic script location as a package resource: no alembic.ini and no
+path relative to the working directory, so it works when installed."""
+
+LOG = logging.getLogger(__name__)
+
+_WRITE = "cinderbak_journal_write"
+_PRUNE_BATCH = 500
+
+Clock = Callable[[], datetime.datetime]
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class NotFound(LookupError):
+    """No run or step with that id (pruned, or never recorded)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepRecord:
+    """One step as recorded. ``details`` is a copy: changing it changes
+    nothing in the journal."""
+
+    id: int
+    run_id: str
+    kind: str
+    target: str
+    state: StepState
+    resource_id: str | None
+    details: dict[str, Any]
+    reason: str | None
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+    finished_at: datetime.datetime | None
+
+    @property
+    def is_open(self) -> bool:
+        """True while the step's effect is unknown or under way."""
+        return self.state in OPEN_STEP_STATES
+
+    @property
+    def expected_parent(self) -> str | None:
+        """The incremental parent cinderbak expected (backup steps)."""
+        value = self.details.get(EXPECTED_PARENT)
+        return None if value is None else str(value)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """One run as recorded. ``steps`` is None when the query did not load
+    them, and a tuple (oldest first) when it did."""
+
+    id: str
+    policy: str
+    target: str
+    scheduled_at: datetime.datetime
+    project_id: str | None
+    host: str
+    state: RunState
+    attrs: dict[str, Any]
+    summary: dict[str, Any] | None
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+    started_at: datetime.datetime | None
+    finished_at: datetime.datetime | None
+    steps: tuple[StepRecord, ...] | None = None
+
+    @property
+    def is_final(self) -> bool:
+        """True once the run has its outcome and will never move again."""
+        return self.state in FINAL_RUN_STATES
+
+    @property
+    def duration(self) -> datetime.timedelta | None:
+        """How long the run ran, once it has started and finished."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunHandle(RunRecord):
+    """What :meth:`Journal.begin_run` returns.
+
+    ``created`` says whether this call recorded the run. When it is False
+    the run already existed: look at ``state`` before doing anything (a
+    final run is done; a RUNNING one belongs to a worker or to recovery).
+    """
+
+    created: bool
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PolicySlot:
+    """The newest scheduled time of one policy and how its runs ended."""
+
+    policy: str
+    scheduled_at: datetime.datetime
+    states: dict[RunState, int]
+    last_finished_at: datetime.datetime | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.states.values())
+
+    @property
+    def finished(self) -> bool:
+        """True when every run of the slot has its outcome."""
+        return not any(s in IN_FLIGHT_RUN_STATES for s in self.states)
+
+
+def _step_record(row: models.Step) -> StepRecord:
+    return StepRecord(
+        id=row.id,
+        run_id=row.run_id,
+        kind=row.kind,
+        target=row.target,
+        state=StepState(row.state),
+        resource_id=row.resource_id,
+        details=dict(row.details),
+        reason=row.reason,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _run_fields(row: models.Run, with_steps: bool) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "policy": row.policy,
+        "target": row.target,
+        "scheduled_at": row.scheduled_at,
+        "project_id": row.project_id,
+        "host": row.host,
+        "state": RunState(row.state),
+        "attrs": dict(row.attrs),
+        "summary": None if row.summary is None else dict(row.summary),
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "steps": (
+            tuple(_step_record(s) for s in row.steps) if with_steps else None
+        ),
+    }
+
+
+def _run_record(row: models.Run, *, with_steps: bool = False) -> RunRecord:
+    return RunRecord(**_run_fields(row, with_steps))
+
+
+def _unthawed_freeze() -> sa.ColumnElement[bool]:
+    """A freeze step with no later DONE thaw of the same target in its run.
+
+    UNDONE freezes are excluded: recovery marks a freeze UNDONE when it
+    knows the guest is not frozen (e.g. the server is gone).
+    """
+    thaw = orm.aliased(models.Step)
+    return sa.and_(
+        models.Step.kind == StepKind.FREEZE,
+        models.Step.state != StepState.UNDONE,
+        ~sa.exists().where(
+            thaw.run_id == models.Step.run_id,
+            thaw.kind == StepKind.THAW,
+            thaw.target == models.Step.target,
+            thaw.state == StepState.DONE,
+            thaw.id > models.Step.id,
+        ),
+    )
+
+
+class Journal:
+    """Persistent records of runs and steps, shared by worker threads.
+
+    Build it from configuration (``Journal(conf)``; it registers its
+    options if nobody did) or from a URL (:meth:`from_url`), then call
+    :meth:`upgrade` once at start-up.
+
+    ``host`` names this daemon; runs it begins carry it, and the recovery
+    queries return only this host's records unless ``any_host=True``, so
+    daemons sharing one database never "recover" each other's live work.
+    ``clock`` returns the current aware time; tests pass their own.
+    """
+
+    def __init__(
+        self,
+        conf: cfg.ConfigOpts,
+        *,
+        host: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        options.register_opts(conf)
+        group = conf[options.GROUP]
+        self.host = host or socket.gethostname()
+        self.retention = datetime.timedelta(days=group.retention_days)
+        self._clock = clock or _utcnow
+        self._engine = _make_engine(
+            group.connection, busy_timeout=group.sqlite_busy_timeout
+        )
+        self._read = orm.sessionmaker(self._engine, expire_on_commit=False)
+        self._write = orm.sessionmaker(
+            self._engine.execution_options(**{_WRITE: True}),
+            expire_on_commit=False,
+        )
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        host: str | None = None,
+        clock: Clock | None = None,
+        retention_days: int | None = None,
+        sqlite_busy_timeout: float | None = None,
+    ) -> Self:
+        """Build a journal on *url*, other options at their defaults.
+
+        For tools and tests that have a URL rather than a config file.
+        """
+        conf = cfg.ConfigOpts()
+        options.register_opts(conf)
+        conf([], default_config_files=[], default_config_dirs=[])
+        conf.set_override("connection", url, group=options.GROUP)
+        if retention_days is not None:
+            conf.set_override(
+                "retention_days", retention_days, group=options.GROUP
+            )
+        if sqlite_busy_timeout is not None:
+            conf.set_override(
+                "sqlite_busy_timeout", sqlite_busy_timeout, options.GROUP
+            )
+        return cls(conf, host=host, clock=clock)
+
+    # -- lifecycle ---------------------------------------------------
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The engine, for tests and diagnostics; prefer the methods."""
+        return self._engine
+
+    def close(self) -> None:
+        """Close pooled connections. The object is unusable afterwards."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _alembic_config(self) -> alembic_config.Config:
+        config = alembic_config.Config()
+        config.set_main_option("script_location", MIGRATIONS)
+        return config
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Bring the schema to *revision* (default: the newest).
+
+        Safe to call at every start: at head it changes nothing. On
+        SQLite it holds the write lock throughout, so two processes
+        upgrading at once run one after the other.
+        """
+        config = self._alembic_config()
+        before = self.schema_revision()
+        with self._engine.execution_options(**{_WRITE: True}).connect() as c:
+            config.attributes["connection"] = c
+            alembic_command.upgrade(config, revision)
+            c.commit()
+        after = self.schema_revision()
+        if after != before:
+            LOG.info(
+                "journal %s upgraded from schema %s to %s",
+                self._engine.url.render_as_string(hide_password=True),
+                before or "(empty)",
+                after,
+            )
+
+    def schema_revision(self) -> str | None:
+        """The revision the database is at; None before :meth:`upgrade`."""
+        with self._engine.connect() as c:
+            ctx = alembic_migration.MigrationContext.configure(
+                c, opts={"version_table": VERSION_TABLE}
+            )
+            return ctx.get_current_revision()
+
+    def head_revision(self) -> str | None:
+        """The newest revision this code knows."""
+        scripts = alembic_script.ScriptDirectory.from_config(
+            self._alembic_config()
+        )
+        return scripts.get_current_head()
+
+    # -- runs --------------------------------------------------------
+
+    def begin_run(
+        self,
+        policy: str,
+        target: str,
+        scheduled_at: datetime.datetime,
+        *,
+        project_id: str | None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> RunHandle:
+        """Record the run (policy, target, scheduled_at), or find it.
+
+        The key is unique in the database, so calling this twice, from two
+        threads or two daemons at once, yields the same run; only one
+        caller gets ``created=True``. A run found rather than created
+        keeps its own attrs. The run starts PENDING: claim it with
+        :meth:`start_run` before acting. Raise ValueError for a naive
+        *scheduled_at*.
+        """
+        when = to_utc(scheduled_at)
+        found = self._find_run(policy, target, when)
+        if found is not None:
+            return RunHandle(**found, created=False)
+        now = self._now()
+        row = models.Run(
+            id=str(uuid.uuid4()),
+            policy=policy,
+            target=target,
+            scheduled_at=when,
+            project_id=project_id,
+            host=self.host,
+            state=RunState.PENDING,
+            attrs=dict(attrs or {}),
+            summary=None,
+            created_at=now,
+            updated_at=now,
+            started_at=None,
+            finished_at=None,
+        )
+        try:
+            with self._write.begin() as s:
+                s.add(row)
+                s.flush()
+                fields = _run_fields(row, False)
+        except sa.exc.IntegrityError:
+            # Someone else inserted the same key between our look-up and
+            # our insert: theirs is the run.
+            found = self._find_run(policy, target, when)
+            if found is None:
+                raise
+            return RunHandle(**found, created=False)
+        return RunHandle(**fields, created=True)
+
+    def _find_run(
+        self, policy: str, target: str, when: datetime.datetime
+    ) -> dict[str, Any] | None:
+        with self._read() as s:
+            row = s.scalars(
+                sa.select(models.Run).where(
+                    models.Run.policy == policy,
+                    models.Run.target == target,
+                    models.Run.scheduled_at == when,
+                )
+            ).one_or_none()
+            return None if row is None else _run_fields(row, False)
+
+    def start_run(self, run_id: str) -> RunRecord:
+        """Claim a PENDING run: it becomes RUNNING, ``started_at`` is set.
+
+        Only one caller can win; the others get InvalidTransition (from
+        running to running), which means "someone else has it".
+        """
+        now = self._now()
+        with self._locked_run(run_id) as row:
+            row.state = check_run_transition(
+                row.state, RunState.RUNNING, what=f"run {run_id}"
+            )
+            row.started_at = now
+            row.updated_at = now
+            return _run_record(row)
+
+    def finish_run(
+        self,
+        run_id: str,
+        state: RunState,
+        summary: Mapping[str, Any] | None = None,
+    ) -> RunRecord:
+        """Give a run its outcome; ``finished_at`` is set.
+
+        *state* must be final and reachable from the run's current state
+        (see :data:`~cinderbak.journal.states.RUN_TRANSITIONS`), else
+        InvalidTransition. *summary* is free JSON for operators (counts,
+        errors, the consistency reached).
+        """
+        if RunState(state) not in FINAL_RUN_STATES:
+            raise ValueError(f"{state} is not a final run state")
+        now = self._now()
+        with self._locked_run(run_id) as row:
+            row.state = check_run_transition(
+                row.state, state, what=f"run {run_id}"
+            )
+            row.summary = dict(summary or {})
+            row.finished_at = now
+            row.updated_at = now
+            return _run_record(row)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """Return a run with its steps. Raise NotFound."""
+        with self._read() as s:
+            row = s.get(
+                models.Run,
+                run_id,
+                options=[orm.selectinload(models.Run.steps)],
+            )
+            if row is None:
+                raise NotFound(f"no run {run_id}")
+            return _run_record(row, with_steps=True)
+
+    @contextlib.contextmanager
+    def _locked_run(self, run_id: str) -> Iterator[models.Run]:
+        with self._write.begin() as s:
+            row = s.get(models.Run, run_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"no run {run_id}")
+            yield row
+
+    # -- steps -------------------------------------------------------
+
+    def begin_step(
+        self,
+        run_id: str,
+        kind: StepKind | str,
+        *,
+        target: str,
+        details: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Record the intent to act, before acting; return the step id.
+
+        *target* is what the step acts on (a volume, a server, a
+        snapshot). For ``backup_create`` put the expected incremental
+        parent in *details* under
+        :data:`~cinderbak.journal.steps.EXPECTED_PARENT`. Raise
+        ValueError for an unknown *kind*, NotFound for an unknown run.
+
+        A final run may still get steps: recovery records the thaw or the
+        cleanup it did for a run that ended badly.
+        """
+        kind = StepKind(kind)
+        now = self._now()
+        with self._write.begin() as s:
+            if s.get(models.Run, run_id) is None:
+                raise NotFound(f"no run {run_id}")
+            row = models.Step(
+                run_id=run_id,
+                kind=kind,
+                target=target,
+                state=StepState.INTENT,
+                resource_id=None,
+                details=dict(details or {}),
+                reason=None,
+                created_at=now,
+                updated_at=now,
+                finished_at=None,
+            )
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def set_step_resource(self, step_id: int, resource_id: str) -> None:
+        """Record what the action created as soon as the cloud says so.
+
+        The step becomes ACTING: after a crash between "the API returned
+        the backup id" and "the backup is available", recovery waits for
+        or deletes that exact resource. Setting the same id again is a
+        no-op; a different one raises ValueError (two resources for one
+        step would leak one of them).
+        """
+        with self._locked_step(step_id) as row:
+            if row.state == StepState.ACTING:
+                if row.resource_id == resource_id:
+                    return
+                raise ValueError(
+                    f"step {step_id} already has resource "
+                    f"{row.resource_id}, not {resource_id}"
+                )
+            row.state = check_step_transition(
+                row.state, StepState.ACTING, what=f"step {step_id}"
+            )
+            row.resource_id = resource_id
+            row.updated_at = self._now()
+
+    def complete_step(
+        self,
+        step_id: int,
+        *,
+        resource_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> StepRecord:
+        """Mark the step DONE; *details* are merged into the recorded ones.
+
+        Raise InvalidTransition unless the step is INTENT or ACTING.
+        """
+        return self._finish_step(
+            step_id, StepState.DONE, None, resource_id, details
+        )
+
+    def fail_step(
+        self,
+        step_id: int,
+        reason: str,
+        *,
+        details: Mapping[str, Any] | None = None,
+    ) -> StepRecord:
+        """Mark the step FAILED with *reason* (shown to operators)."""
+        return self._finish_step(
+            step_id, StepState.FAILED, reason, None, details
+        )
+
+    def undo_step(
+        self,
+        step_id: int,
+        reason: str,
+        *,
+        details: Mapping[str, Any] | None = None,
+    ) -> StepRecord:
+        """Mark the step UNDONE: its effect was reversed or is known absent.
+
+        E.g. a leaked snapshot was deleted, or a guest recorded as frozen
+        is gone. Allowed from any state but UNDONE.
+        """
+        return self._finish_step(
+            step_id, StepState.UNDONE, reason, None, details
+        )
+
+    def get_step(self, step_id: int) -> StepRecord:
+        """Return one step. Raise NotFound."""
+        with self._read() as s:
+            row = s.get(models.Step, step_id)
+            if row is None:
+                raise NotFound(f"no step {step_id}")
+            return _step_record(row)
+
+    def _finish_step(
+        self,
+        step_id: int,
+        state: StepState,
+        reason: str | None,
+        resource_id: str | None,
+        details: Mapping[str, Any] | None,
+    ) -> StepRecord:
+        now = self._now()
+        with self._locked_step(step_id) as row:
+            row.state = check_step_transition(
+                row.state, state, what=f"step {step_id}"
+            )
+            if reason is not None:
+                row.reason = reason
+            if resource_id is not None:
+                row.resource_id = resource_id
+            if details:
+                # A new dict: the ORM does not see in-place changes.
+                row.details = {**row.details, **details}
+            row.finished_at = now
+            row.updated_at = now
+            return _step_record(row)
+
+    @contextlib.contextmanager
+    def _locked_step(self, step_id: int) -> Iterator[models.Step]:
+        with self._write.begin() as s:
+            row = s.get(models.Step, step_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"no step {step_id}")
+            yield row
+
+    # -- recovery ----------------------------------------------------
+
+    def unfinished_runs(self, *, any_host: bool = False) -> list[RunRecord]:
+        """Runs not in a final state, with their steps, oldest first.
+
+        At start-up these are the runs the daemon died in (or never
+        started). Each needs a decision from the caller: resume it, or
+        clean up after it and finish it.
+        """
+        query = (
+            sa.select(models.Run)
+            .where(models.Run.state.in_(IN_FLIGHT_RUN_STATES))
+            .options(orm.selectinload(models.Run.steps))
+            .order_by(models.Run.scheduled_at, models.Run.id)
+        )
+        if not any_host:
+            query = query.where(models.Run.host == self.host)
+        with self._read() as s:
+            return [_run_record(r, with_steps=True) for r in s.scalars(query)]
+
+    def open_steps(
+        self, kind: StepKind | str | None = None, *, any_host: bool = False
+    ) -> list[StepRecord]:
+        """INTENT and ACTING steps, oldest first, of any run state.
+
+        Open steps of a final run are resources a crash or a bug left
+        unaccounted for; recovery should settle them too.
+        """
+        query = (
+            sa.select(models.Step)
+            .where(models.Step.state.in_(OPEN_STEP_STATES))
+            .order_by(models.Step.id)
+        )
+        if kind is not None:
+            query = query.where(models.Step.kind == StepKind(kind))
+        return self._steps(query, any_host)
+
+    def frozen_servers(self, *, any_host: bool = False) -> list[StepRecord]:
+        """Freeze steps that may have left a guest frozen, oldest first.
+
+        A freeze (in any state but UNDONE: even a failed freeze may have
+        frozen some filesystems) counts until a later thaw of the same
+        target in the same run is DONE. Recovery thaws each and records
+        it as a thaw step, or marks the freeze UNDONE when the guest is
+        known not to be frozen.
+        """
+        query = (
+            sa.select(models.Step)
+            .where(_unthawed_freeze())
+            .order_by(models.Step.id)
+        )
+        return self._steps(query, any_host)
+
+    def _steps(
+        self, query: sa.Select[tuple[models.Step]], any_host: bool
+    ) -> list[StepRecord]:
+        if not any_host:
+            query = query.join(models.Run).where(models.Run.host == self.host)
+        with self._read() as s:
+            return [_step_record(r) for r in s.scalars(query)]
+
+    # -- operators ---------------------------------------------------
+
+    def in_flight(self) -> list[RunRecord]:
+        """Unfinished runs of every host, with their steps."""
+        return self.unfinished_runs(any_host=True)
+
+    def runs(
+        self,
+        *,
+        policy: str | None = None,
+        target: str | None = None,
+        failed_only: bool = False,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        """Runs, newest scheduled first, without their steps.
+
+        *failed_only* keeps the outcomes an operator should look at
+        (:data:`~cinderbak.journal.states.FAILURE_RUN_STATES`).
+        """
+        query = sa.select(models.Run).order_by(
+            models.Run.scheduled_at.desc(), models.Run.id
+        )
+        if policy is not None:
+            query = query.where(models.Run.policy == policy)
+        if target is not None:
+            query = query.where(models.Run.target == target)
+        if failed_only:
+            query = query.where(models.Run.state.in_(FAILURE_RUN_STATES))
+        with self._read() as s:
+            return [_run_record(r) for r in s.scalars(query.limit(limit))]
+
+    def last_run_per_policy(self) -> dict[str, PolicySlot]:
+        """For each policy, its newest scheduled time and how it went.
+
+        One scheduled time of a policy makes one run per target, so this
+        counts that slot's runs per state rather than picking one.
+        """
+        run = models.Run
+        newest = (
+            sa.select(
+                run.policy, sa.func.max(run.scheduled_at).label("newest")
+            )
+            .group_by(run.policy)
+            .subquery()
+        )
+        query = (
+            sa.select(
+                run.policy,
+                run.scheduled_at,
+                run.state,
+                sa.func.count(),
+                sa.func.max(run.finished_at),
+            )
+            .join(
+                newest,
+                sa.and_(
+                    run.policy == newest.c.policy,
+                    run.scheduled_at == newest.c.newest,
+                ),
+            )
+            .group_by(run.policy, run.scheduled_at, run.state)
+        )
+        counts: dict[str, dict[RunState, int]] = {}
+        newest_at: dict[str, datetime.datetime] = {}
+        finished_at: dict[str, datetime.datetime] = {}
+        with self._read() as s:
+            for policy, when, state, count, finished in s.execute(query):
+                counts.setdefault(policy, {})[RunState(state)] = count
+                newest_at[policy] = when
+                if finished is not None and (
+                    policy not in finished_at or finished > finished_at[policy]
+                ):
+                    finished_at[policy] = finished
+        return {
+            policy: PolicySlot(
+                policy=policy,
+                scheduled_at=newest_at[policy],
+                states=states,
+                last_finished_at=finished_at.get(policy),
+            )
+            for policy, states in counts.items()
+        }
+
+    def last_backup_per_target(
+        self, *, policy: str | None = None
+    ) -> dict[str, StepRecord]:
+        """For each volume, its newest DONE ``backup_create`` step.
+
+        ``resource_id`` is the backup id; ``expected_parent`` the
+        incremental parent cinderbak asked for. Only what the journal
+        still holds: pruned runs are forgotten, and Cinder remains the
+        truth about which backups exist.
+        """
+        step = models.Step
+        newest = sa.select(sa.func.max(step.id)).where(
+            step.kind == StepKind.BACKUP_CREATE,
+            step.state == StepState.DONE,
+        )
+        if policy is not None:
+            newest = newest.join(models.Run).where(models.Run.policy == policy)
+        query = sa.select(step).where(
+            step.id.in_(newest.group_by(step.target).scalar_subquery())
+        )
+        with self._read() as s:
+            return {r.target: _step_record(r) for r in s.scalars(query)}
+
+    def prune(self, older_than: datetime.datetime | None = None) -> int:
+        """Delete runs finished before *older_than*, and their steps.
+
+        By default *older_than* is now minus ``retention_days``. Runs that
+        are not final, or still have an open step or an unthawed freeze,
+        are kept whatever their age: they are evidence of something left
+        to clean up. Deletes in small batches, so a large backlog does
+        not hold the database lock for long. Return how many runs went.
+        """
+        cutoff = (
+            self._now() - self.retention
+            if older_than is None
+            else to_utc(older_than)
+        )
+        step = models.Step
+        unsettled = sa.exists().where(
+            step.run_id == models.Run.id,
+            sa.or_(step.state.in_(OPEN_STEP_STATES), _unthawed_freeze()),
+        )
+        victims = (
+            sa.select(models.Run.id)
+            .where(
+                models.Run.state.in_(FINAL_RUN_STATES),
+                models.Run.finished_at < cutoff,
+                ~unsettled,
+            )
+            .limit(_PRUNE_BATCH)
+        )
+        total = 0
+        while True:
+            with self._write.begin() as s:
+                ids = list(s.scalars(victims))
+                if not ids:
+                    return total
+                # Explicit, not only ON DELETE CASCADE: a database opened
+                # without foreign keys enforced must not keep orphans.
+                s.execute(sa.delete(step).where(step.run_id.in_(ids)))
+                s.execute(sa.delete(models.Run).where(models.Run.id.in_(ids)))
+            total += len(ids)
+
+    # -- helpers -----------------------------------------------------
+
+    def _now(self) -> datetime.datetime:
+        return to_utc(self._clock())
+
+
+def _make_engine(url: str, *, busy_timeout: float) -> sa.Engine:
+    """Create the engine; for SQLite, one fit for a crash-safe journal."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        # pre_ping: a database restarted under a long-lived daemon.
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    database = parsed.database
+    if not database or database == ":memory:" or parsed.query.get("mode"):
+        raise ValueError(
+            f"{url}: the journal must outlive the process; give SQLite a file"
+        )
+    parent = os.path.dirname(os.path.abspath(database))
+    os.makedirs(parent, mode=0o750, exist_ok=True)
+    engine = sa.create_engine(
+        parsed,
+        connect_args={"timeout": busy_timeout, "check_same_thread": False},
+    )
+    sa.event.listen(engine, "connect", _sqlite_connect)
+    sa.event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_conn: Any, record: Any) -> None:
+    # Let SQLAlchemy's "begin" event emit BEGIN itself (see _sqlite_begin):
+    # the sqlite3 module's own implicit BEGIN is deferred.
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    try:
+        # WAL: readers never block the writer nor the other way round.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed intent survives a power cut, not only kill -9.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    # A deferred transaction that reads and then writes fails at once with
+    # SQLITE_BUSY when another writer got in between, whatever the busy
+    # timeout. Taking the write lock up front makes writers queue instead.
+    if conn.get_execution_options().get(_WRITE):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")

@@ -1,0 +1,18 @@
+"""Alembic migrations of the journal schema.
+
+Run by :meth:`cinderbak.journal.Journal.upgrade` with no ``alembic.ini``:
+the script location is this package (``cinderbak.journal:migrations``),
+so it works the same from a source tree and an installed package.
+
+A new revision is a new file under ``versions/``: copy the newest one,
+give it a new ``revision`` and set ``down_revision`` to the newest's.
+Migrations describe the schema explicitly and never import
+:mod:`cinderbak.journal.models`, which follows the newest schema and
+would change old migrations under our feet. SQLite cannot alter most
+constraints in place: use ``op.batch_alter_table`` (env.py turns batch
+mode on).
+"""
+
+VERSION_TABLE = "cinderbak_journal_version"
+"""Alembic's version table, named so a database shared with other
+applications (or with Cinder itself) never mixes up their revisions."""

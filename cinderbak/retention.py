@@ -1,0 +1,455 @@
+"""The retention planner: which backups of one volume to keep, which to
+delete, in which order, and why.
+
+Pure: no I/O, no clock reads (``now`` is an argument), stdlib only, so
+every rule is tested exhaustively and a dry run is the real thing.
+
+Rules, in the words the decisions use (doc/source/retention.rst has the
+reasoning and examples):
+
+* Only backups of ours in a final state (``available``, ``error``) with
+  sensible timestamps can be deleted. Foreign, held and in-flight backups
+  and those with a timestamp in the future or without a time zone are
+  kept, and so is everything they depend on.
+* Among our available backups: the ``last`` N, all younger than
+  ``within``, and the newest backup in each of the newest H hours, D days,
+  W ISO weeks, M months and Y years (UTC) *that hold a backup* are kept.
+  Empty periods are not counted: when backups stop, retention does not
+  thin out what is left. The newest successful backup is always kept.
+* A kept backup keeps every backup it depends on (chains.py).
+* Our backups in ``error`` are deleted once older than ``error_grace``.
+* A backup Cinder says has dependents is deleted only after dependents we
+  can see; if we see none, it is kept.
+* When the volume is gone, the normal rules hold for ``orphan_keep_days``
+  after its newest backup; then only the newest ``orphan_keep_last`` stay.
+  The planner never deletes the last backup of a volume.
+* Deletions come in a safe order (oldest chain first, each chain newest
+  first, so no backup goes before its dependents); ``max_deletions`` takes
+  a prefix of that order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+from collections.abc import Callable, Iterable
+from typing import Final, Literal
+
+from cinderbak import durations
+from cinderbak.chains import (
+    AVAILABLE,
+    ERROR,
+    BackupInfo,
+    Chains,
+    format_duration,
+    human_duration,
+    infer_parents,
+)
+
+__all__ = [
+    "BackupInfo",
+    "Decision",
+    "Plan",
+    "Retention",
+    "RetentionSyntaxError",
+    "infer_parents",
+    "parse_retention",
+    "plan",
+]
+
+UTC = datetime.UTC
+KEEP: Final = "keep"
+DELETE: Final = "delete"
+Action = Literal["keep", "delete"]
+FINAL = frozenset({AVAILABLE, ERROR})
+
+KEYS: Final = (
+    "last", "within", "hourly", "daily", "weekly", "monthly", "yearly",
+)
+_COUNT_KEYS = tuple(k for k in KEYS if k != "within")
+FORM: Final = (
+    "comma-separated key=value, e.g. last=7, within=3d, daily=14, "
+    "weekly=8, monthly=12"
+)
+
+
+class RetentionSyntaxError(ValueError):
+    """A retention text that does not parse; the message names the
+    offending part and the expected form."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Retention:
+    """How many backups of a volume to keep; see the module docstring.
+
+    ``error_grace`` and the orphan fields come from the policy config, not
+    from the retention text.
+    """
+
+    last: int = 0
+    within: datetime.timedelta = datetime.timedelta()
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+    error_grace: datetime.timedelta = datetime.timedelta(days=1)
+    orphan_keep_last: int = 1
+    orphan_keep_days: int = 30
+
+    def __post_init__(self) -> None:
+        for name in (*_COUNT_KEYS, "orphan_keep_last", "orphan_keep_days"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be a whole number, not "
+                                 f"{value!r}")
+            if value < 0:
+                raise ValueError(f"{name} must be 0 or more, not {value}")
+        for name in ("within", "error_grace"):
+            if getattr(self, name) < datetime.timedelta():
+                raise ValueError(f"{name} must not be negative")
+        if not self.within and not any(
+            getattr(self, k) for k in _COUNT_KEYS
+        ):
+            # Rejected rather than read as "keep everything" or "keep the
+            # newest": a forgotten value must not silently delete history.
+            raise ValueError(
+                "this retention keeps nothing but the newest backup; set "
+                f"at least one of {', '.join(KEYS)} (write last=1 if only "
+                "the newest should stay)"
+            )
+
+    def __str__(self) -> str:
+        parts = []
+        for key in KEYS:
+            value = getattr(self, key)
+            if key == "within":
+                if value:
+                    parts.append(f"within={format_duration(value)}")
+            elif value:
+                parts.append(f"{key}={value}")
+        return ", ".join(parts)
+
+
+def parse_retention(text: str) -> Retention:
+    """Given ``"last=7, within=3d, daily=14, weekly=8"``, return the
+    Retention. Keys are optional, each at most once; counts are whole
+    numbers; ``within`` takes a duration (``90m``, ``36h``, ``14d``,
+    ``2w``). Raise RetentionSyntaxError naming the offending part.
+    """
+    stripped = text.strip()
+    values: dict[str, object] = {}
+    for raw in stripped.split(",") if stripped else ():
+        item = raw.strip()
+        if not item:
+            raise RetentionSyntaxError(
+                f'"{stripped}": empty item between commas; expected {FORM}'
+            )
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key:
+            raise RetentionSyntaxError(
+                f'"{item}": expected key=value, e.g. daily=14'
+            )
+        if key not in KEYS:
+            raise RetentionSyntaxError(
+                f'"{item}": unknown key {key!r}; expected one of '
+                f"{', '.join(KEYS)}"
+            )
+        if key in values:
+            raise RetentionSyntaxError(
+                f'"{item}": {key} is given twice; each key at most once'
+            )
+        if key == "within":
+            try:
+                values[key] = durations.parse_duration(value)
+            except ValueError:
+                raise RetentionSyntaxError(
+                    f'"{item}": within takes a duration such as 90m, 36h, '
+                    "14d or 2w"
+                ) from None
+        elif value.isascii() and value.isdigit():
+            values[key] = int(value)
+        else:
+            raise RetentionSyntaxError(
+                f'"{item}": {key} takes a whole number (0 or more), '
+                f"e.g. {key}=7"
+            )
+    try:
+        return Retention(**values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise RetentionSyntaxError(f'"{stripped}": {exc}') from None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with one backup, and every reason for it."""
+
+    backup_id: str
+    action: Action
+    reasons: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The decisions for one volume: kept backups first (newest first),
+    then deletions in the order they must be carried out."""
+
+    decisions: tuple[Decision, ...]
+
+    @functools.cached_property
+    def keep_ids(self) -> tuple[str, ...]:
+        return tuple(d.backup_id for d in self.decisions if d.action == KEEP)
+
+    @functools.cached_property
+    def deletions(self) -> tuple[Decision, ...]:
+        return tuple(d for d in self.decisions if d.action == DELETE)
+
+    @functools.cached_property
+    def delete_ids(self) -> tuple[str, ...]:
+        """Ids to delete, in a safe order: carry them out one by one."""
+        return tuple(d.backup_id for d in self.deletions)
+
+    def decision(self, backup_id: str) -> Decision:
+        """Return the decision about ``backup_id`` (KeyError if unknown)."""
+        return self._by_id[backup_id]
+
+    @functools.cached_property
+    def _by_id(self) -> dict[str, Decision]:
+        return {d.backup_id: d for d in self.decisions}
+
+
+# -- GFS periods: an integer key per UTC period, and a label for people --
+
+def _hour(t: datetime.datetime) -> int:
+    return t.toordinal() * 24 + t.hour
+
+
+def _day(t: datetime.datetime) -> int:
+    return t.toordinal()
+
+
+def _week(t: datetime.datetime) -> int:
+    return t.toordinal() - t.weekday()  # the ISO week's Monday
+
+
+def _month(t: datetime.datetime) -> int:
+    return t.year * 12 + t.month
+
+
+def _year(t: datetime.datetime) -> int:
+    return t.year
+
+
+def _iso_week(t: datetime.datetime) -> str:
+    year, week, _ = t.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+PERIODS: Final[
+    tuple[tuple[str, Callable[[datetime.datetime], int],
+                Callable[[datetime.datetime], str]], ...]
+] = (
+    ("hourly", _hour, lambda t: f"{t:%Y-%m-%d %H}h"),
+    ("daily", _day, lambda t: f"{t:%Y-%m-%d}"),
+    ("weekly", _week, _iso_week),
+    ("monthly", _month, lambda t: f"{t:%Y-%m}"),
+    ("yearly", _year, lambda t: f"{t:%Y}"),
+)
+
+
+def _timestamp_problem(
+    chains: Chains, i: int, now: datetime.datetime
+) -> str | None:
+    b = chains.backups[i]
+    if chains.unusable_time[i]:
+        return ("timestamp missing or without time zone: cannot place "
+                "it in time")
+    if chains.created[i] > now:
+        return f"created_at {b.created_at.isoformat()} is after now"
+    if chains.data[i] > now:
+        return f"data_timestamp {b.data_timestamp.isoformat()} is after now"
+    return None
+
+
+def plan(
+    backups: Iterable[BackupInfo],
+    retention: Retention,
+    now: datetime.datetime,
+    *,
+    volume_exists: bool = True,
+    max_deletions: int | None = None,
+) -> Plan:
+    """Given all backups of one volume in one project (ours and foreign),
+    return which to keep and which to delete, in a safe order, with the
+    reasons. Raise ValueError for a naive ``now``, a negative
+    ``max_deletions`` or an id listed twice.
+
+    Runs in O(n log n) for n backups.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError(f"now must be timezone-aware, not {now!r}")
+    if max_deletions is not None and max_deletions < 0:
+        raise ValueError(f"max_deletions must be 0 or more, "
+                         f"not {max_deletions}")
+    now = now.astimezone(UTC)
+    chains = Chains(backups)
+    items = chains.backups
+    n = len(items)
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    kept = [False] * n
+    doomed: list[int] = []  # ours, final, not protected: deletable
+    successful: list[int] = []  # ours, available, sane: fill the slots
+
+    def keep(i: int, reason: str) -> None:
+        kept[i] = True
+        reasons[i].append(reason)
+
+    grace = retention.error_grace
+    for i, b in enumerate(items):
+        if not b.ours:
+            keep(i, "not ours")
+        if b.held:
+            keep(i, "held")
+        if b.status not in FINAL:
+            keep(i, f"status {b.status}")
+        problem = _timestamp_problem(chains, i, now)
+        if problem:
+            keep(i, problem)
+        if kept[i]:
+            continue
+        if b.status == AVAILABLE:
+            successful.append(i)
+            doomed.append(i)
+            continue
+        age = now - chains.created[i]
+        if age > grace:
+            reasons[i].append(f"error for {human_duration(age)}, past "
+                              f"error_grace {format_duration(grace)}")
+            doomed.append(i)
+        else:
+            keep(i, f"error, within error_grace {format_duration(grace)}")
+
+    data, created = chains.data, chains.created
+    successful.sort(
+        key=lambda i: (data[i], created[i], items[i].id), reverse=True
+    )
+    expired = f"expired: no rule of ({retention}) keeps it"
+    if successful:
+        keep(successful[0], "newest successful")
+        newest_time = data[successful[0]]
+        normal = True
+        if not volume_exists:
+            normal = _orphan_rules(retention, successful, newest_time, now,
+                                   keep)
+            if not normal:
+                end = newest_time + datetime.timedelta(
+                    days=retention.orphan_keep_days)
+                expired = (
+                    f"volume deleted; orphan period ended {end:%Y-%m-%d}: "
+                    f"only orphan_keep_last={retention.orphan_keep_last} "
+                    "stay"
+                )
+        if normal:
+            _normal_rules(retention, successful, data, now, keep)
+
+    # Cinder knows of dependents we cannot see (another project's backup,
+    # a parent we inferred differently): never delete such a backup.
+    children = chains.children
+    for i in doomed:
+        if not kept[i] and items[i].has_dependent_backups and not children[i]:
+            keep(i, "Cinder reports dependents we cannot see")
+
+    # A kept backup keeps its chain. Children come after their parents,
+    # so walking backwards settles every child before its parent.
+    parent = chains.parent
+    noted = [False] * n
+    for i in range(n - 1, -1, -1):
+        p = parent[i]
+        if p >= 0 and kept[i]:
+            kept[p] = True
+            if not noted[p]:
+                noted[p] = True
+                reasons[p].append(f"ancestor of kept {items[i].id}")
+
+    root = list(range(n))
+    for i in range(n):
+        if parent[i] >= 0:
+            root[i] = root[parent[i]]
+    deletes = [i for i in doomed if not kept[i]]
+    deletes.sort(key=lambda i: (root[i], -i))
+    for i in deletes:
+        b = items[i]
+        if b.status == AVAILABLE:
+            reasons[i].append(expired)
+        if b.has_dependent_backups:
+            reasons[i].append(
+                f"Cinder reports dependents: the {len(children[i])} we "
+                "infer are deleted before it"
+            )
+    if max_deletions is not None and len(deletes) > max_deletions:
+        for i in deletes[max_deletions:]:
+            kept[i] = True
+            reasons[i].insert(0, f"deferred by max_deletions={max_deletions}")
+        del deletes[max_deletions:]
+
+    keeps = [i for i in range(n) if kept[i]]
+    keeps.sort(key=lambda i: (data[i], created[i], items[i].id), reverse=True)
+    return Plan(
+        tuple(Decision(items[i].id, KEEP, tuple(reasons[i])) for i in keeps)
+        + tuple(
+            Decision(items[i].id, DELETE, tuple(reasons[i])) for i in deletes
+        )
+    )
+
+
+def _normal_rules(
+    retention: Retention,
+    successful: list[int],
+    data: list[datetime.datetime],
+    now: datetime.datetime,
+    keep: Callable[[int, str], None],
+) -> None:
+    """Apply last, within and the GFS periods to ``successful`` (newest
+    first)."""
+    last = retention.last
+    for k, i in enumerate(successful[:last], 1):
+        keep(i, f"last={last} #{k}")
+    if retention.within:
+        oldest = now - retention.within
+        label = f"within {format_duration(retention.within)}"
+        for i in successful:
+            if data[i] < oldest:
+                break
+            keep(i, label)
+    for name, period, label in PERIODS:
+        wanted = getattr(retention, name)
+        if not wanted:
+            continue
+        previous = None
+        found = 0
+        for i in successful:
+            key = period(data[i])
+            if key == previous:
+                continue
+            found += 1
+            if found > wanted:
+                break
+            previous = key
+            keep(i, f"{name} {label(data[i])}")
+
+
+def _orphan_rules(
+    retention: Retention,
+    successful: list[int],
+    newest_time: datetime.datetime,
+    now: datetime.datetime,
+    keep: Callable[[int, str], None],
+) -> bool:
+    """Keep the newest ``orphan_keep_last``; return whether the normal rules
+    still apply (within ``orphan_keep_days`` of the newest backup)."""
+    count = retention.orphan_keep_last
+    for k, i in enumerate(successful[:count], 1):
+        keep(i, f"orphan_keep_last={count} #{k}")
+    end = newest_time + datetime.timedelta(days=retention.orphan_keep_days)
+    return now < end
