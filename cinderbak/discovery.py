@@ -109,9 +109,11 @@ def classify(
 
 def volumes_of_policy(cloud: Cloud, policy: Policy) -> Iterator[Volume]:
     """Yield every volume, in every project, that names ``policy``."""
+    # The SDK sends ``properties`` as Cinder's ``metadata`` filter; Cinder
+    # parses it as a literal, so it must be a JSON string, not a dict.
     query = json.dumps({tenant.POLICY: policy.name})
     yield from cloud.service.block_storage.volumes(
-        details=True, all_projects=True, metadata=query, limit=PAGE_SIZE
+        details=True, all_projects=True, properties=query, limit=PAGE_SIZE
     )
 
 
