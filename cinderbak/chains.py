@@ -136,29 +136,51 @@ class Chains:
     """
 
     __slots__ = (
-        "backups", "created", "data", "unusable_time", "parent",
-        "children", "index", "recorded_missing",
+        "backups",
+        "created",
+        "data",
+        "unusable_time",
+        "parent",
+        "children",
+        "index",
+        "recorded_missing",
+        "newest_first",
     )
 
     def __init__(self, backups: Iterable[BackupInfo]) -> None:
         rows = []
         for b in backups:
-            created, bad_c = _as_utc(b.created_at)
-            data, bad_d = _as_utc(b.data_timestamp)
-            rows.append((created, data, b.id, bad_c or bad_d, b))
-        rows.sort(key=_row_key)
+            created, data = b.created_at, b.data_timestamp
+            if (
+                getattr(created, "tzinfo", None) is UTC
+                and getattr(data, "tzinfo", None) is UTC
+            ):
+                rows.append((created, data, b.id, False, b))
+            else:
+                created, bad_c = _as_utc(created)
+                data, bad_d = _as_utc(data)
+                rows.append((created, data, b.id, bad_c or bad_d, b))
         n = len(rows)
-        self.backups: list[BackupInfo] = [r[4] for r in rows]
-        self.created: list[datetime.datetime] = [r[0] for r in rows]
-        self.data: list[datetime.datetime] = [r[1] for r in rows]
-        self.unusable_time: list[bool] = [r[3] for r in rows]
-        self.index: dict[str, int] = {r[2]: i for i, r in enumerate(rows)}
-        if len(self.index) != n:
+        if len({r[2] for r in rows}) != n:
             seen: set[str] = set()
             for row in rows:
                 if row[2] in seen:
                     raise ValueError(f"backup {row[2]} is listed twice")
                 seen.add(row[2])
+        rows.sort()  # by created_at, data_timestamp, id: ids are unique
+        self.backups: list[BackupInfo] = [r[4] for r in rows]
+        self.created: list[datetime.datetime] = [r[0] for r in rows]
+        self.data: list[datetime.datetime] = [r[1] for r in rows]
+        self.unusable_time: list[bool] = [r[3] for r in rows]
+        self.index: dict[str, int] = {r[2]: i for i, r in enumerate(rows)}
+        # "Newest" is by data_timestamp (the point in time a restore gives
+        # back), then created_at and id so that the order is total.
+        data = self.data
+        self.newest_first: list[int] = sorted(
+            range(n),
+            key=lambda i: (data[i], rows[i][0], rows[i][2]),
+            reverse=True,
+        )
         self.parent: list[int] = [-1] * n
         self.recorded_missing: dict[int, str] = {}
         self._resolve_parents()
@@ -186,19 +208,24 @@ class Chains:
             needs[i] = True
         if not any(needs):
             return
-        # Candidate parents ranked by (data_timestamp, created_at, id).
+        # Candidate parents, oldest first.
         cands = [
-            i for i, b in enumerate(backups)
-            if b.status not in NEVER_COMPLETED
-            and b.created_at is not None
-            and b.data_timestamp is not None
+            i
+            for i in reversed(self.newest_first)
+            if backups[i].status not in NEVER_COMPLETED
+            and backups[i].created_at is not None
+            and backups[i].data_timestamp is not None
         ]
-        cands.sort(key=lambda i: (data[i], created[i], backups[i].id))
         cand_data = [data[i] for i in cands]
         rank = [-1] * n
         for r, i in enumerate(cands):
             rank[i] = r
-        present = _Ranks(len(cands))
+        # Most incrementals' data is newer than every candidate so far:
+        # then the answer is the highest rank added (``top``). The Fenwick
+        # tree is only filled once a backup from an older snapshot asks.
+        present: _Ranks | None = None
+        pending: list[int] = []
+        top = -1
         start = 0
         while start < n:
             # Backups created at the same instant cannot chain onto each
@@ -207,14 +234,26 @@ class Chains:
             while end < n and created[end] == created[start]:
                 end += 1
             for i in range(start, end):
-                if needs[i]:
-                    bound = bisect.bisect_left(cand_data, data[i])
+                if not needs[i]:
+                    continue
+                bound = bisect.bisect_left(cand_data, data[i])
+                if top < bound:
+                    r = top
+                else:
+                    if present is None:
+                        present = _Ranks(len(cands))
+                    for added in pending:
+                        present.add(added)
+                    pending.clear()
                     r = present.highest_below(bound)
-                    if r >= 0:
-                        parent[i] = cands[r]
+                if r >= 0:
+                    parent[i] = cands[r]
             for i in range(start, end):
-                if rank[i] >= 0:
-                    present.add(rank[i])
+                r = rank[i]
+                if r >= 0:
+                    pending.append(r)
+                    if r > top:
+                        top = r
             start = end
 
     def parent_ids(self) -> dict[str, str | None]:
@@ -230,10 +269,6 @@ class Chains:
         while (i := self.parent[i]) >= 0:
             chain.append(i)
         return chain
-
-
-def _row_key(row: tuple) -> tuple:
-    return row[0], row[1], row[2]
 
 
 def infer_parents(backups: Iterable[BackupInfo]) -> dict[str, str | None]:
@@ -272,8 +307,7 @@ def expected_parent(
 # -- when to start a new full -------------------------------------------
 
 FULL_EVERY_FORM: Final = (
-    "a number of incrementals (6), a maximum chain age (14d), "
-    "or both (6, 14d)"
+    "a number of incrementals (6), a maximum chain age (14d), or both (6, 14d)"
 )
 
 
@@ -482,5 +516,5 @@ def human_duration(value: datetime.timedelta) -> str:
         amount, total = divmod(total, size)
         amounts.append((amount, unit))
     first = next((k for k, (a, _) in enumerate(amounts) if a), 3)
-    parts = [f"{a}{u}" for a, u in amounts[first:first + 2] if a]
+    parts = [f"{a}{u}" for a, u in amounts[first : first + 2] if a]
     return " ".join(parts) or "0s"

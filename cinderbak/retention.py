@@ -22,7 +22,8 @@ reasoning and examples):
   can see; if we see none, it is kept.
 * When the volume is gone, the normal rules hold for ``orphan_keep_days``
   after its newest backup; then only the newest ``orphan_keep_last`` stay.
-  The planner never deletes the last backup of a volume.
+  The newest successful backup stays in any case, so an orphan is never
+  emptied by expiry.
 * Deletions come in a safe order (oldest chain first, each chain newest
   first, so no backup goes before its dependents); ``max_deletions`` takes
   a prefix of that order.
@@ -34,7 +35,7 @@ import dataclasses
 import datetime
 import functools
 from collections.abc import Callable, Iterable
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from cinderbak import durations
 from cinderbak.chains import (
@@ -65,7 +66,13 @@ Action = Literal["keep", "delete"]
 FINAL = frozenset({AVAILABLE, ERROR})
 
 KEYS: Final = (
-    "last", "within", "hourly", "daily", "weekly", "monthly", "yearly",
+    "last",
+    "within",
+    "hourly",
+    "daily",
+    "weekly",
+    "monthly",
+    "yearly",
 )
 _COUNT_KEYS = tuple(k for k in KEYS if k != "within")
 FORM: Final = (
@@ -102,16 +109,15 @@ class Retention:
         for name in (*_COUNT_KEYS, "orphan_keep_last", "orphan_keep_days"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be a whole number, not "
-                                 f"{value!r}")
+                raise ValueError(
+                    f"{name} must be a whole number, not {value!r}"
+                )
             if value < 0:
                 raise ValueError(f"{name} must be 0 or more, not {value}")
         for name in ("within", "error_grace"):
             if getattr(self, name) < datetime.timedelta():
                 raise ValueError(f"{name} must not be negative")
-        if not self.within and not any(
-            getattr(self, k) for k in _COUNT_KEYS
-        ):
+        if not self.within and not any(getattr(self, k) for k in _COUNT_KEYS):
             # Rejected rather than read as "keep everything" or "keep the
             # newest": a forgotten value must not silently delete history.
             raise ValueError(
@@ -121,6 +127,10 @@ class Retention:
             )
 
     def __str__(self) -> str:
+        return self._text
+
+    @functools.cached_property
+    def _text(self) -> str:
         parts = []
         for key in KEYS:
             value = getattr(self, key)
@@ -181,9 +191,12 @@ def parse_retention(text: str) -> Retention:
         raise RetentionSyntaxError(f'"{stripped}": {exc}') from None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Decision:
-    """What to do with one backup, and every reason for it."""
+class Decision(NamedTuple):
+    """What to do with one backup, and every reason for it.
+
+    A named tuple rather than a frozen dataclass: a region-wide pass
+    creates a million of them, and a tuple is several times cheaper.
+    """
 
     backup_id: str
     action: Action
@@ -221,6 +234,7 @@ class Plan:
 
 # -- GFS periods: an integer key per UTC period, and a label for people --
 
+
 def _hour(t: datetime.datetime) -> int:
     return t.toordinal() * 24 + t.hour
 
@@ -247,8 +261,14 @@ def _iso_week(t: datetime.datetime) -> str:
 
 
 PERIODS: Final[
-    tuple[tuple[str, Callable[[datetime.datetime], int],
-                Callable[[datetime.datetime], str]], ...]
+    tuple[
+        tuple[
+            str,
+            Callable[[datetime.datetime], int],
+            Callable[[datetime.datetime], str],
+        ],
+        ...,
+    ]
 ] = (
     ("hourly", _hour, lambda t: f"{t:%Y-%m-%d %H}h"),
     ("daily", _day, lambda t: f"{t:%Y-%m-%d}"),
@@ -258,18 +278,16 @@ PERIODS: Final[
 )
 
 
-def _timestamp_problem(
-    chains: Chains, i: int, now: datetime.datetime
-) -> str | None:
+def _timestamp_problem(chains: Chains, i: int) -> str:
+    """Say what is wrong with the times of a backup known to be odd."""
     b = chains.backups[i]
     if chains.unusable_time[i]:
-        return ("timestamp missing or without time zone: cannot place "
-                "it in time")
-    if chains.created[i] > now:
+        return (
+            "timestamp missing or without time zone: cannot place it in time"
+        )
+    if chains.data[i] <= chains.created[i]:
         return f"created_at {b.created_at.isoformat()} is after now"
-    if chains.data[i] > now:
-        return f"data_timestamp {b.data_timestamp.isoformat()} is after now"
-    return None
+    return f"data_timestamp {b.data_timestamp.isoformat()} is after now"
 
 
 def plan(
@@ -290,8 +308,9 @@ def plan(
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"now must be timezone-aware, not {now!r}")
     if max_deletions is not None and max_deletions < 0:
-        raise ValueError(f"max_deletions must be 0 or more, "
-                         f"not {max_deletions}")
+        raise ValueError(
+            f"max_deletions must be 0 or more, not {max_deletions}"
+        )
     now = now.astimezone(UTC)
     chains = Chains(backups)
     items = chains.backups
@@ -299,13 +318,14 @@ def plan(
     reasons: list[list[str]] = [[] for _ in range(n)]
     kept = [False] * n
     doomed: list[int] = []  # ours, final, not protected: deletable
-    successful: list[int] = []  # ours, available, sane: fill the slots
+    good = [False] * n  # ours, available, sane: these fill the slots
 
     def keep(i: int, reason: str) -> None:
         kept[i] = True
         reasons[i].append(reason)
 
     grace = retention.error_grace
+    data, created, odd = chains.data, chains.created, chains.unusable_time
     for i, b in enumerate(items):
         if not b.ours:
             keep(i, "not ours")
@@ -313,42 +333,41 @@ def plan(
             keep(i, "held")
         if b.status not in FINAL:
             keep(i, f"status {b.status}")
-        problem = _timestamp_problem(chains, i, now)
-        if problem:
-            keep(i, problem)
+        if odd[i] or created[i] > now or data[i] > now:
+            keep(i, _timestamp_problem(chains, i))
         if kept[i]:
             continue
         if b.status == AVAILABLE:
-            successful.append(i)
+            good[i] = True
             doomed.append(i)
             continue
-        age = now - chains.created[i]
+        age = now - created[i]
         if age > grace:
-            reasons[i].append(f"error for {human_duration(age)}, past "
-                              f"error_grace {format_duration(grace)}")
+            reasons[i].append(
+                f"error for {human_duration(age)}, past "
+                f"error_grace {format_duration(grace)}"
+            )
             doomed.append(i)
         else:
             keep(i, f"error, within error_grace {format_duration(grace)}")
 
-    data, created = chains.data, chains.created
-    successful.sort(
-        key=lambda i: (data[i], created[i], items[i].id), reverse=True
-    )
-    expired = f"expired: no rule of ({retention}) keeps it"
+    successful = [i for i in chains.newest_first if good[i]]
+    expired = ""
     if successful:
         keep(successful[0], "newest successful")
-        newest_time = data[successful[0]]
         normal = True
         if not volume_exists:
-            normal = _orphan_rules(retention, successful, newest_time, now,
-                                   keep)
+            count = retention.orphan_keep_last
+            for k, i in enumerate(successful[:count], 1):
+                keep(i, f"orphan_keep_last={count} #{k}")
+            end = data[successful[0]] + datetime.timedelta(
+                days=retention.orphan_keep_days
+            )
+            normal = now < end
             if not normal:
-                end = newest_time + datetime.timedelta(
-                    days=retention.orphan_keep_days)
                 expired = (
                     f"volume deleted; orphan period ended {end:%Y-%m-%d}: "
-                    f"only orphan_keep_last={retention.orphan_keep_last} "
-                    "stay"
+                    f"only orphan_keep_last={count} stay"
                 )
         if normal:
             _normal_rules(retention, successful, data, now, keep)
@@ -381,6 +400,7 @@ def plan(
     for i in deletes:
         b = items[i]
         if b.status == AVAILABLE:
+            expired = expired or f"expired: no rule of ({retention}) keeps it"
             reasons[i].append(expired)
         if b.has_dependent_backups:
             reasons[i].append(
@@ -393,8 +413,7 @@ def plan(
             reasons[i].insert(0, f"deferred by max_deletions={max_deletions}")
         del deletes[max_deletions:]
 
-    keeps = [i for i in range(n) if kept[i]]
-    keeps.sort(key=lambda i: (data[i], created[i], items[i].id), reverse=True)
+    keeps = [i for i in chains.newest_first if kept[i]]
     return Plan(
         tuple(Decision(items[i].id, KEEP, tuple(reasons[i])) for i in keeps)
         + tuple(
@@ -417,11 +436,11 @@ def _normal_rules(
         keep(i, f"last={last} #{k}")
     if retention.within:
         oldest = now - retention.within
-        label = f"within {format_duration(retention.within)}"
+        reason = f"within {format_duration(retention.within)}"
         for i in successful:
             if data[i] < oldest:
                 break
-            keep(i, label)
+            keep(i, reason)
     for name, period, label in PERIODS:
         wanted = getattr(retention, name)
         if not wanted:
@@ -437,19 +456,3 @@ def _normal_rules(
                 break
             previous = key
             keep(i, f"{name} {label(data[i])}")
-
-
-def _orphan_rules(
-    retention: Retention,
-    successful: list[int],
-    newest_time: datetime.datetime,
-    now: datetime.datetime,
-    keep: Callable[[int, str], None],
-) -> bool:
-    """Keep the newest ``orphan_keep_last``; return whether the normal rules
-    still apply (within ``orphan_keep_days`` of the newest backup)."""
-    count = retention.orphan_keep_last
-    for k, i in enumerate(successful[:count], 1):
-        keep(i, f"orphan_keep_last={count} #{k}")
-    end = newest_time + datetime.timedelta(days=retention.orphan_keep_days)
-    return now < end

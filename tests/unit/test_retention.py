@@ -82,7 +82,7 @@ def test_a_week_and_a_half_of_dailies_with_last_3_weekly_2():
     # 22nd, 21st and 20th; weekly=2 keeps the newest of week 47 (22nd) and
     # of week 46 (Sunday 15th).
     result = plan(daily(12, 22), parse_retention("last=3, weekly=2"), NOW)
-    assert set(result.keep_ids) == ids(22, 21, 20, 15)
+    assert result.keep_ids == ("d22", "d21", "d20", "d15")  # newest first
     assert set(result.delete_ids) == ids(12, 13, 14, 16, 17, 18, 19)
     assert result.decision("d22").reasons == (
         "newest successful",
@@ -145,9 +145,13 @@ def test_within_keeps_everything_younger_inclusive():
     # now - 3d = 19th 12:00: the 19th at 03:00 is older, the 20th is not.
     assert set(result.keep_ids) == ids(20, 21, 22)
     assert "within 3d" in result.decision("d20").reasons
-    edge = [mk("edge", NOW - 3 * DAY), mk("old", NOW - 3 * DAY - HOUR)]
+    edge = [
+        mk("new", NOW),
+        mk("edge", NOW - 3 * DAY),
+        mk("old", NOW - 3 * DAY - HOUR),
+    ]
     result = plan(edge, parse_retention("within=3d"), NOW)
-    assert result.keep_ids == ("edge",)
+    assert result.keep_ids == ("new", "edge")
 
 
 def test_the_newest_successful_backup_is_always_kept():
@@ -316,6 +320,10 @@ def test_a_failed_backup_neither_chains_nor_is_chained_onto():
         ),
         (
             mk("naive", datetime.datetime(2026, 11, 1)),
+            "timestamp missing or without time zone: cannot place it in time",
+        ),
+        (
+            mk("missing", None),  # type: ignore[arg-type]
             "timestamp missing or without time zone: cannot place it in time",
         ),
     ],

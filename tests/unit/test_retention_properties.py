@@ -181,15 +181,14 @@ def histories(draw, max_size: int = 30, tidy: bool = False):
     t = BASE
     backups: list[BackupInfo] = []
     for k in range(size):
-        chunk = raw[k * FIELDS:(k + 1) * FIELDS]
+        chunk = raw[k * FIELDS : (k + 1) * FIELDS]
         backup, t = decode(chunk, k, backups, t, tidy)
         backups.append(backup)
     # Cinder's flag: a parent with a completed child, plus a few that
     # depend on backups we cannot see.
     parents = model_parents(backups)
     counted = {
-        parents[b.id] for b in backups
-        if b.status not in ("creating", "error")
+        parents[b.id] for b in backups if b.status not in ("creating", "error")
     }
     unseen = draw(st.sets(st.integers(0, 40), max_size=2))
     backups = [
