@@ -14,8 +14,8 @@ from openstack import exceptions as sdk_exceptions
 from oslo_log import log as logging
 
 from cinderbak import tenant
-from cinderbak.cloud import Cloud
 from cinderbak.chains import BackupInfo
+from cinderbak.cloud import Cloud
 
 LOG = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ def ids_in_status(cloud: Cloud, kind: str, status: str) -> set[str]:
     return cloud.call(
         lambda: {
             item.id
-            for item in listing(details=False, all_projects=True,
-                                status=status)
+            for item in listing(
+                details=False, all_projects=True, status=status
+            )
         }
     )
 
@@ -129,13 +130,15 @@ def delete_snapshot_when_free(
     requested = False
     while True:
         try:
-            snapshot = cloud.call(conn.block_storage.get_snapshot,
-                                  snapshot_id)
+            snapshot = cloud.call(conn.block_storage.get_snapshot, snapshot_id)
         except sdk_exceptions.NotFoundException:
             return
         if not requested and snapshot.status in ("available", "error"):
-            cloud.call(conn.block_storage.delete_snapshot, snapshot_id,
-                       ignore_missing=True)
+            cloud.call(
+                conn.block_storage.delete_snapshot,
+                snapshot_id,
+                ignore_missing=True,
+            )
             requested = True
         elif snapshot.status == "error_deleting":
             raise TimeoutError(f"snapshot {snapshot_id} is error_deleting")

@@ -117,6 +117,22 @@ def is_retryable(exc: BaseException, idempotent: bool) -> bool:
     return idempotent and status in _RETRY_IDEMPOTENT
 
 
+def _is_auth_refusal(exc: BaseException) -> bool:
+    """Return whether Keystone refused the credentials or the scope.
+
+    The SDK wraps keystoneauth's error in a plain SDKException, so the
+    cause chain is searched too.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(
+            seen, ks_exceptions.Unauthorized | ks_exceptions.Forbidden
+        ) or _status_of(seen) in (401, 403):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _retry_after(exc: BaseException | None) -> float | None:
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None) or {}
@@ -185,12 +201,8 @@ class Cloud:
         conn = self._connect(project_id)
         try:
             self.call(conn.authorize)
-        except (
-            ks_exceptions.Unauthorized,
-            ks_exceptions.Forbidden,
-            sdk_exceptions.HttpException,
-        ) as exc:
-            if _status_of(exc) not in (None, 401, 403):
+        except sdk_exceptions.SDKException as exc:
+            if not _is_auth_refusal(exc):
                 raise
             raise NoRoleInProject(
                 f"the service user cannot act in project {project_id} "
@@ -209,8 +221,8 @@ class Cloud:
         data = self.call(self.service.block_storage.get_endpoint_data)
         offered = tuple(data.max_microversion or (3, 0))[:2]
         if offered < REQUIRED_MICROVERSION:
-            need = "%d.%d" % REQUIRED_MICROVERSION
-            have = "%d.%d" % offered
+            need = "{}.{}".format(*REQUIRED_MICROVERSION)
+            have = "{}.{}".format(*offered)
             raise CloudTooOld(
                 f"the Block Storage API offers microversion {have}, "
                 f"cinderbak needs at least {need} (backup metadata)"

@@ -94,17 +94,24 @@ def classify(
         if opt_in is None:
             continue
         policy = policies[opt_in.policy]
-        yield Target(
-            volume_id=volume.id,
-            name=volume.name or "",
-            project_id=project_id,
-            status=volume.status,
-            size_gb=int(volume.size or 0),
-            availability_zone=volume.availability_zone,
-            policy=policy,
-            quiesce=opt_in.quiesce or policy.quiesce,
-            attachments=_attachments(volume),
-        )
+        yield target_of(volume, policy, opt_in.quiesce or policy.quiesce)
+
+
+def target_of(
+    volume: Volume, policy: Policy, quiesce: tenant.QuiesceMode
+) -> Target:
+    """Return the Target for a volume as the API listed it."""
+    return Target(
+        volume_id=volume.id,
+        name=volume.name or "",
+        project_id=volume.project_id or "",
+        status=volume.status,
+        size_gb=int(volume.size or 0),
+        availability_zone=volume.availability_zone,
+        policy=policy,
+        quiesce=quiesce,
+        attachments=_attachments(volume),
+    )
 
 
 def volumes_of_policy(cloud: Cloud, policy: Policy) -> Iterator[Volume]:

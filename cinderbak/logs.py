@@ -8,8 +8,14 @@ from oslo_log import log as logging
 DOMAIN = "cinderbak"
 # Libraries whose INFO lines drown ours; operators can raise them again
 # with default_log_levels.
-QUIET = ("keystoneauth=WARN", "openstack=WARN", "urllib3=WARN",
-         "stevedore=WARN", "apscheduler=WARN", "alembic=WARN")
+QUIET = (
+    "keystoneauth=WARN",
+    "openstack=WARN",
+    "urllib3=WARN",
+    "stevedore=WARN",
+    "apscheduler=WARN",
+    "alembic=WARN",
+)
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:

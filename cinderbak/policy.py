@@ -24,6 +24,9 @@ from cinderbak import chains, durations, retention
 from cinderbak.tenant import QuiesceMode
 
 SECTION_PREFIX = "policy:"
+# Interval schedules count from a fixed instant, so their slots (and the
+# journal keys made from them) are the same across restarts.
+INTERVAL_ANCHOR = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
@@ -79,11 +82,17 @@ POLICY_OPTS = [
         "transfer_mode",
         default=TransferMode.VOLUME.value,
         choices=[
-            (TransferMode.VOLUME.value, "Back up straight from the volume: "
-             "differential on Ceph; the volume is backing-up meanwhile."),
-            (TransferMode.SNAPSHOT.value, "Back up from a temporary Cinder "
-             "snapshot: never blocks the volume; the Ceph backup driver "
-             "copies such backups in full."),
+            (
+                TransferMode.VOLUME.value,
+                "Back up straight from the volume: "
+                "differential on Ceph; the volume is backing-up meanwhile.",
+            ),
+            (
+                TransferMode.SNAPSHOT.value,
+                "Back up from a temporary Cinder "
+                "snapshot: never blocks the volume; the Ceph backup driver "
+                "copies such backups in full.",
+            ),
         ],
         help="Where backups read from.",
     ),
@@ -91,11 +100,17 @@ POLICY_OPTS = [
         "ownership",
         default=Ownership.PROJECT.value,
         choices=[
-            (Ownership.PROJECT.value, "Backups belong to the volume's "
-             "project: tenants list, restore and pay for them. The service "
-             "user needs a role in each such project."),
-            (Ownership.SERVICE.value, "Backups belong to the service "
-             "user's project, out of the tenants' reach."),
+            (
+                Ownership.PROJECT.value,
+                "Backups belong to the volume's "
+                "project: tenants list, restore and pay for them. The service "
+                "user needs a role in each such project.",
+            ),
+            (
+                Ownership.SERVICE.value,
+                "Backups belong to the service "
+                "user's project, out of the tenants' reach.",
+            ),
         ],
         help="Which project owns the backups.",
     ),
@@ -174,9 +189,36 @@ class Schedule:
             )
         return IntervalTrigger(
             seconds=self.interval.total_seconds(),
+            start_date=INTERVAL_ANCHOR,
             jitter=jitter or None,
             timezone=timezone,
         )
+
+    def last_fire_time(
+        self, now: datetime.datetime
+    ) -> datetime.datetime | None:
+        """Return the newest scheduled time at or before ``now``.
+
+        It names a run whatever the jitter or delay of its actual start,
+        so the same slot always makes the same journal key.
+        """
+        if self.interval is not None:
+            slots = (now - INTERVAL_ANCHOR) // self.interval
+            return INTERVAL_ANCHOR + slots * self.interval
+        trigger = self.trigger()
+        window = datetime.timedelta(minutes=1)
+        while window <= datetime.timedelta(days=800):
+            fire = trigger.get_next_fire_time(None, now - window)
+            if fire is not None and fire <= now:
+                while True:
+                    later = trigger.get_next_fire_time(
+                        fire, fire + datetime.timedelta(seconds=1)
+                    )
+                    if later is None or later > now:
+                        return fire
+                    fire = later
+            window *= 2
+        return None
 
 
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -234,7 +276,7 @@ def parse_schedule(text: str) -> Schedule:
     if stripped.lower().startswith("every "):
         return Schedule(
             text=stripped,
-            interval=durations.parse_duration(stripped[len("every "):]),
+            interval=durations.parse_duration(stripped[len("every ") :]),
         )
     fields = stripped.split(" ")
     try:
@@ -335,7 +377,7 @@ def load_policies(conf: cfg.ConfigOpts) -> dict[str, Policy]:
                 values[opt.dest] = getattr(group, opt.dest)
             except (cfg.ConfigFileValueError, ValueError) as exc:
                 raise PolicyConfigError(section, opt.dest, str(exc)) from None
-        name = section[len(SECTION_PREFIX):]
+        name = section[len(SECTION_PREFIX) :]
         policies[name] = parse_policy(name, values)
     return policies
 
@@ -343,3 +385,12 @@ def load_policies(conf: cfg.ConfigOpts) -> dict[str, Policy]:
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """Options of one policy, shown in the sample under a placeholder."""
     return [(SECTION_PREFIX + "NAME", POLICY_OPTS)]
+
+
+def fallback_policy(name: str) -> Policy:
+    """A policy with default options, for finishing runs of a policy that
+    was removed from the configuration while they were in flight."""
+    return parse_policy(
+        name, {opt.dest: opt.default for opt in POLICY_OPTS}
+        | {"schedule": "every 1d"}
+    )

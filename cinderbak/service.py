@@ -48,8 +48,12 @@ def build(conf: cfg.ConfigOpts) -> Parts:
     store.upgrade()
     cloud = Cloud(conf)
     version = cloud.check_microversion()
-    LOG.info("Block Storage API microversion %d.%d; %d policies: %s",
-             *version, len(policies), ", ".join(sorted(policies)) or "-")
+    LOG.info(
+        "Block Storage API microversion %d.%d; %d policies: %s",
+        *version,
+        len(policies),
+        ", ".join(sorted(policies)) or "-",
+    )
     return Parts(conf, policies, cloud, store, Limiter.from_conf(conf))
 
 
@@ -68,15 +72,23 @@ def run_once(
     unknown = [name for name in names if name not in parts.policies]
     if unknown:
         raise policy.PolicyConfigError(
-            policy.SECTION_PREFIX + unknown[0], "(section)",
-            "no such policy; defined: " + ", ".join(sorted(parts.policies)))
+            policy.SECTION_PREFIX + unknown[0],
+            "(section)",
+            "no such policy; defined: " + ", ".join(sorted(parts.policies)),
+        )
     scheduled_at = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     outcomes: list[Outcome] = []
     for name in names:
         found = discovery.discover(parts.cloud, parts.policies, [name])
-        run = PolicyRun(parts.conf, parts.cloud, parts.journal,
-                        parts.limiter, parts.policies[name], scheduled_at,
-                        stop=stop)
+        run = PolicyRun(
+            parts.conf,
+            parts.cloud,
+            parts.journal,
+            parts.limiter,
+            parts.policies[name],
+            scheduled_at,
+            stop=stop,
+        )
         outcomes.extend(run.execute(found))
     if audit:
         problems = discovery.audit(parts.cloud, parts.policies)

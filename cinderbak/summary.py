@@ -5,8 +5,18 @@ from __future__ import annotations
 import dataclasses
 
 COLUMNS = (
-    "volume_id", "volume_name", "project_id", "policy", "mode", "kind",
-    "status", "backup_id", "size_gb", "seconds", "consistency", "error",
+    "volume_id",
+    "volume_name",
+    "project_id",
+    "policy",
+    "mode",
+    "kind",
+    "status",
+    "backup_id",
+    "size_gb",
+    "seconds",
+    "consistency",
+    "error",
     "notes",
 )
 
@@ -38,8 +48,10 @@ class Outcome:
         return tuple(values[column] for column in COLUMNS)
 
     def log_line(self) -> str:
-        text = (f"volume {self.volume_id} ({self.project_id}) policy "
-                f"{self.policy}: {self.status}")
+        text = (
+            f"volume {self.volume_id} ({self.project_id}) policy "
+            f"{self.policy}: {self.status}"
+        )
         if self.backup_id:
             text += f", {self.kind} backup {self.backup_id}"
         if self.seconds is not None:

@@ -66,6 +66,11 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     return [("DEFAULT", OPTS)]
 
 
+def resource_name(run_label: str) -> str:
+    """Name of everything a run creates: recovery finds leaks by it."""
+    return f"cinderbak-{run_label}"
+
+
 SNAPSHOT_NOTE = (
     "taken from a snapshot: Cinder's Ceph backup driver copies such "
     "backups in full; use transfer_mode = volume for differential copies"
@@ -134,19 +139,35 @@ class PolicyRun:
                 outcomes.append(job_or_outcome)
             else:
                 queued.append(job_or_outcome)
-        in_flight: list[Job] = []
+        return outcomes + self.drive(queued)
+
+    def drive(
+        self, queued: list[Job], in_flight: list[Job] | None = None
+    ) -> list[Outcome]:
+        """Start queued jobs as limits allow and poll until all are done.
+
+        ``in_flight`` takes jobs already under way (recovery resumes them).
+        On stop, returns early: what is in flight stays in the journal.
+        """
+        in_flight = list(in_flight or [])
+        outcomes: list[Outcome] = []
+        for job in [j for j in in_flight if j.outcome is not None]:
+            in_flight.remove(job)
+            self._finish(job)
+            outcomes.append(job.outcome)
         while queued or in_flight:
             self._start_what_limits_allow(queued, in_flight)
-            if not in_flight:
-                if queued:  # nothing could start: another run holds slots
-                    self.stop.wait(self.conf.poll_interval)
-                    continue
+            if not in_flight and not queued:
                 break
             if self.stop.wait(self.conf.poll_interval):
-                LOG.info("run %s: stopping; in-flight work stays in the "
-                         "journal for the next start", self.run_label)
+                LOG.info(
+                    "run %s: stopping; in-flight work stays in the "
+                    "journal for the next start",
+                    self.run_label,
+                )
                 break
-            self._poll(in_flight)
+            if in_flight:
+                self._poll(in_flight)
             for job in [j for j in in_flight if j.outcome is not None]:
                 in_flight.remove(job)
                 self._finish(job)
@@ -162,12 +183,16 @@ class PolicyRun:
             target.volume_id,
             self.scheduled_at,
             project_id=target.project_id,
-            attrs={"transfer_mode": policy.transfer_mode.value,
-                   "ownership": policy.ownership.value},
+            attrs={
+                "transfer_mode": policy.transfer_mode.value,
+                "ownership": policy.ownership.value,
+            },
         )
-        if run.state in states.FINAL:
-            return self._outcome(target, "skipped",
-                                 error=f"run already {run.state}")
+        if run.is_final or run.state is not states.PENDING:
+            # Done already, or a worker or recovery holds it: never twice.
+            return self._outcome(
+                target, "skipped", error=f"run already {run.state}"
+            )
 
         def refuse(reason: str, status: str = "error") -> Outcome:
             final = states.SKIPPED if status == "skipped" else states.FAILED
@@ -177,22 +202,32 @@ class PolicyRun:
             return self._outcome(target, status, error=reason)
 
         if target.status == "backing-up":
-            return refuse("the volume is already backing-up (another "
-                          "backup is in progress)", "skipped")
+            return refuse(
+                "the volume is already backing-up (another "
+                "backup is in progress)",
+                "skipped",
+            )
         if target.status not in ("available", "in-use"):
-            return refuse(f"volume status is {target.status}; backups "
-                          "need available or in-use")
+            return refuse(
+                f"volume status is {target.status}; backups "
+                "need available or in-use"
+            )
         if target.quiesce is tenant.QuiesceMode.REQUIRED:
-            return refuse("cinderbak:quiesce=required, but no guest "
-                          "freeze is possible for this volume")
+            return refuse(
+                "cinderbak:quiesce=required, but no guest "
+                "freeze is possible for this volume"
+            )
         try:
             conn = self._owner_connection(target)
-            history = backups.history(conn, target.volume_id,
-                                      self.conf.deployment_id)
+            history = backups.history(
+                conn, target.volume_id, self.conf.deployment_id
+            )
             shortfall = backups.quota_shortfall(
-                self.cloud.call(self.cloud.service.block_storage
-                                .get_quota_set, self._owner(target),
-                                usage=True),
+                self.cloud.call(
+                    self.cloud.service.block_storage.get_quota_set,
+                    self._owner(target),
+                    usage=True,
+                ),
                 target.size_gb,
             )
         except NoRoleInProject as exc:
@@ -202,9 +237,7 @@ class PolicyRun:
         if shortfall:
             return refuse(f"project {self._owner(target)}: {shortfall}")
         now = datetime.datetime.now(datetime.UTC)
-        kind, reason = chains.next_backup_kind(
-            history, policy.full_every, now
-        )
+        kind, reason = chains.next_backup_kind(history, policy.full_every, now)
         return Job(
             target=target,
             run_id=run.id,
@@ -256,7 +289,9 @@ class PolicyRun:
     def _create_snapshot(self, job: Job) -> None:
         target = job.target
         job.snapshot_step = self.journal.begin_step(
-            job.run_id, steps.SNAPSHOT_CREATE, target=target.volume_id,
+            job.run_id,
+            steps.SNAPSHOT_CREATE,
+            target=target.volume_id,
             details={"force": target.in_use},
         )
         try:
@@ -264,15 +299,16 @@ class PolicyRun:
                 job.conn.block_storage.create_snapshot,
                 idempotent=False,
                 volume_id=target.volume_id,
-                name=f"cinderbak-{self.run_label}",
+                name=resource_name(self.run_label),
                 description="temporary: source of a cinderbak backup",
                 force=target.in_use,
                 metadata=self._marks(job),
             )
         except sdk_exceptions.SDKException as exc:
             self.journal.fail_step(job.snapshot_step, str(exc))
-            job.outcome = self._job_outcome(job, "error",
-                                            f"snapshot refused: {exc}")
+            job.outcome = self.job_outcome(
+                job, "error", f"snapshot refused: {exc}"
+            )
             return
         job.snapshot_id = snapshot.id
         self.journal.set_step_resource(job.snapshot_step, snapshot.id)
@@ -282,16 +318,21 @@ class PolicyRun:
         target = job.target
         incremental = job.kind == chains.INCREMENTAL
         job.backup_step = self.journal.begin_step(
-            job.run_id, steps.BACKUP_CREATE, target=target.volume_id,
-            details={"kind": job.kind, "reason": job.kind_reason,
-                     "expected_parent": job.expected_parent,
-                     "snapshot_id": job.snapshot_id},
+            job.run_id,
+            steps.BACKUP_CREATE,
+            target=target.volume_id,
+            details={
+                "kind": job.kind,
+                "reason": job.kind_reason,
+                "expected_parent": job.expected_parent,
+                "snapshot_id": job.snapshot_id,
+            },
         )
         attrs = {
             "volume_id": target.volume_id,
-            "name": f"cinderbak-{self.run_label}",
+            "name": resource_name(self.run_label),
             "description": f"cinderbak {job.kind} backup, run "
-                           f"{self.run_label}",
+            f"{self.run_label}",
             "is_incremental": incremental,
             "metadata": self._marks(job),
         }
@@ -304,12 +345,14 @@ class PolicyRun:
         if self.policy.backup_container:
             attrs["container"] = self.policy.backup_container
         try:
-            backup = self.cloud.call(job.conn.block_storage.create_backup,
-                                     idempotent=False, **attrs)
+            backup = self.cloud.call(
+                job.conn.block_storage.create_backup, idempotent=False, **attrs
+            )
         except sdk_exceptions.SDKException as exc:
             self.journal.fail_step(job.backup_step, str(exc))
-            job.outcome = self._job_outcome(job, "error",
-                                            f"backup refused: {exc}")
+            job.outcome = self.job_outcome(
+                job, "error", f"backup refused: {exc}"
+            )
             return
         job.backup_id = backup.id
         self.journal.set_step_resource(job.backup_step, backup.id)
@@ -319,22 +362,25 @@ class PolicyRun:
 
     def _poll(self, in_flight: Sequence[Job]) -> None:
         """One list call per kind for all jobs; a GET only for those done."""
-        waiting_snap = [j for j in in_flight
-                        if j.outcome is None and j.backup_id is None
-                        and j.snapshot_id]
-        waiting_backup = [j for j in in_flight
-                          if j.outcome is None and j.backup_id]
+        waiting_snap = [
+            j
+            for j in in_flight
+            if j.outcome is None and j.backup_id is None and j.snapshot_id
+        ]
+        waiting_backup = [
+            j for j in in_flight if j.outcome is None and j.backup_id
+        ]
         if waiting_snap:
             creating = backups.ids_in_status(
-                self.cloud, "snapshots", "creating")
+                self.cloud, "snapshots", "creating"
+            )
             for job in waiting_snap:
                 if job.snapshot_id in creating:
                     self._check_deadline(job, "snapshot")
                     continue
                 self._snapshot_settled(job)
         if waiting_backup:
-            creating = backups.ids_in_status(
-                self.cloud, "backups", "creating")
+            creating = backups.ids_in_status(self.cloud, "backups", "creating")
             for job in waiting_backup:
                 if job.backup_id in creating:
                     self._check_deadline(job, "backup")
@@ -345,42 +391,52 @@ class PolicyRun:
         if self.clock() < job.deadline:
             return
         resource = job.backup_id if what == "backup" else job.snapshot_id
-        job.outcome = self._job_outcome(
-            job, "timeout",
+        job.outcome = self.job_outcome(
+            job,
+            "timeout",
             f"{what} {resource} still creating after its timeout; it is "
             "left in the journal and checked again on the next start",
         )
 
     def _snapshot_settled(self, job: Job) -> None:
-        snapshot = self.cloud.call(self.cloud.service.block_storage
-                                   .get_snapshot, job.snapshot_id)
+        snapshot = self.cloud.call(
+            self.cloud.service.block_storage.get_snapshot, job.snapshot_id
+        )
         if snapshot.status == "available":
             self.journal.complete_step(job.snapshot_step)
             self._create_backup(job)
             return
-        self.journal.fail_step(job.snapshot_step,
-                               f"snapshot status {snapshot.status}")
-        job.outcome = self._job_outcome(
-            job, "error", f"snapshot {snapshot.id} ended {snapshot.status}")
+        self.journal.fail_step(
+            job.snapshot_step, f"snapshot status {snapshot.status}"
+        )
+        job.outcome = self.job_outcome(
+            job, "error", f"snapshot {snapshot.id} ended {snapshot.status}"
+        )
 
     def _backup_settled(self, job: Job) -> None:
-        backup = self.cloud.call(self.cloud.service.block_storage
-                                 .get_backup, job.backup_id)
+        backup = self.cloud.call(
+            self.cloud.service.block_storage.get_backup, job.backup_id
+        )
         if backup.status == "available":
             self.journal.complete_step(
-                job.backup_step, resource_id=backup.id,
-                details={"is_incremental": backup.is_incremental,
-                         "size_gb": backup.size})
+                job.backup_step,
+                resource_id=backup.id,
+                details={
+                    "is_incremental": backup.is_incremental,
+                    "size_gb": backup.size,
+                },
+            )
             if job.kind == chains.INCREMENTAL and not backup.is_incremental:
                 job.notes.append("Cinder made a full backup")
             if job.snapshot_id:
                 job.notes.append(SNAPSHOT_NOTE)
-            job.outcome = self._job_outcome(job, "ok", backup=backup)
+            job.outcome = self.job_outcome(job, "ok", backup=backup)
             return
         reason = backup.fail_reason or f"status {backup.status}"
         self.journal.fail_step(job.backup_step, reason)
-        job.outcome = self._job_outcome(job, "error",
-                                        f"backup failed: {reason}")
+        job.outcome = self.job_outcome(
+            job, "error", f"backup failed: {reason}"
+        )
         self._delete_failed_backup(job)
 
     # -- finishing -------------------------------------------------------
@@ -388,13 +444,18 @@ class PolicyRun:
     def _delete_failed_backup(self, job: Job) -> None:
         """Remove a backup of ours that ended in error; it holds no data."""
         step = self.journal.begin_step(
-            job.run_id, steps.BACKUP_DELETE, target=job.target.volume_id,
+            job.run_id,
+            steps.BACKUP_DELETE,
+            target=job.target.volume_id,
             details={"reason": "backup ended in error"},
         )
         self.journal.set_step_resource(step, job.backup_id)
         try:
-            self.cloud.call(job.conn.block_storage.delete_backup,
-                            job.backup_id, ignore_missing=True)
+            self.cloud.call(
+                job.conn.block_storage.delete_backup,
+                job.backup_id,
+                ignore_missing=True,
+            )
         except sdk_exceptions.SDKException as exc:
             self.journal.fail_step(step, str(exc))
             job.notes.append(f"could not delete failed backup: {exc}")
@@ -404,31 +465,41 @@ class PolicyRun:
     def _delete_snapshot(self, job: Job) -> None:
         """Remove the temporary snapshot, whatever became of the backup."""
         step = self.journal.begin_step(
-            job.run_id, steps.SNAPSHOT_DELETE, target=job.target.volume_id,
+            job.run_id,
+            steps.SNAPSHOT_DELETE,
+            target=job.target.volume_id,
             details={},
         )
         self.journal.set_step_resource(step, job.snapshot_id)
         try:
             backups.delete_snapshot_when_free(
-                self.cloud, job.conn, job.snapshot_id,
-                timeout=self.policy.snapshot_timeout, stop=self.stop)
+                self.cloud,
+                job.conn,
+                job.snapshot_id,
+                timeout=self.policy.snapshot_timeout,
+                stop=self.stop,
+            )
         except (sdk_exceptions.SDKException, TimeoutError) as exc:
             self.journal.fail_step(step, str(exc))
-            job.notes.append(f"temporary snapshot {job.snapshot_id} not "
-                             f"yet deleted ({exc}); retried at next start")
+            job.notes.append(
+                f"temporary snapshot {job.snapshot_id} not "
+                f"yet deleted ({exc}); retried at next start"
+            )
             return
         self.journal.complete_step(step)
 
     def _finish(self, job: Job) -> None:
         if job.holds_slot:
-            self.limiter.release(job.target.project_id,
-                                 self.policy.backup_availability_zone)
+            self.limiter.release(
+                job.target.project_id, self.policy.backup_availability_zone
+            )
             job.holds_slot = False
         timed_out = job.outcome.status == "timeout"
         if job.snapshot_id and not (timed_out and job.backup_id):
             self._delete_snapshot(job)
         state = {"ok": states.SUCCEEDED, "timeout": states.TIMED_OUT}.get(
-            job.outcome.status, states.FAILED)
+            job.outcome.status, states.FAILED
+        )
         self.journal.finish_run(job.run_id, state, job.outcome.as_dict())
         if job.outcome.status == "ok":
             self._write_back(job.target, None, job.backup_id)
@@ -436,19 +507,27 @@ class PolicyRun:
             self._write_back(job.target, job.outcome.error)
         LOG.info("%s", job.outcome.log_line())
 
-    def _write_back(self, target: Target, error: str | None,
-                    backup_id: str | None = None) -> None:
+    def _write_back(
+        self, target: Target, error: str | None, backup_id: str | None = None
+    ) -> None:
         write_back(self.conf, self.cloud, target.volume_id, error, backup_id)
 
-    def _outcome(self, target: Target, status: str, *,
-                 error: str | None = None) -> Outcome:
-        return Outcome(volume_id=target.volume_id, volume_name=target.name,
-                       project_id=target.project_id, policy=self.policy.name,
-                       mode=self.policy.transfer_mode.value, status=status,
-                       error=error)
+    def _outcome(
+        self, target: Target, status: str, *, error: str | None = None
+    ) -> Outcome:
+        return Outcome(
+            volume_id=target.volume_id,
+            volume_name=target.name,
+            project_id=target.project_id,
+            policy=self.policy.name,
+            mode=self.policy.transfer_mode.value,
+            status=status,
+            error=error,
+        )
 
-    def _job_outcome(self, job: Job, status: str, error: str | None = None,
-                     backup=None) -> Outcome:
+    def job_outcome(
+        self, job: Job, status: str, error: str | None = None, backup=None
+    ) -> Outcome:
         outcome = self._outcome(job.target, status, error=error)
         outcome.kind = job.kind
         outcome.backup_id = job.backup_id
@@ -457,13 +536,19 @@ class PolicyRun:
         outcome.notes = list(job.notes)
         if backup is not None:
             outcome.size_gb = backup.size
-            outcome.kind = (chains.INCREMENTAL if backup.is_incremental
-                            else chains.FULL)
+            outcome.kind = (
+                chains.INCREMENTAL if backup.is_incremental else chains.FULL
+            )
         return outcome
 
 
-def write_back(conf: cfg.ConfigOpts, cloud: Cloud, volume_id: str,
-               error: str | None, backup_id: str | None = None) -> None:
+def write_back(
+    conf: cfg.ConfigOpts,
+    cloud: Cloud,
+    volume_id: str,
+    error: str | None,
+    backup_id: str | None = None,
+) -> None:
     """Tell the tenant, on the volume itself, how its last run went.
 
     Only our own keys are set (merged, never replacing the tenant's), and
@@ -476,19 +561,27 @@ def write_back(conf: cfg.ConfigOpts, cloud: Cloud, volume_id: str,
         now = datetime.datetime.now(datetime.UTC)
         values[tenant.LAST_BACKUP] = f"{backup_id} {now:%Y-%m-%dT%H:%M:%SZ}"
     try:
-        cloud.call(cloud.service.block_storage.set_volume_metadata,
-                   volume_id, **values)
+        cloud.call(
+            cloud.service.block_storage.set_volume_metadata,
+            volume_id,
+            **values,
+        )
     except sdk_exceptions.SDKException as exc:
-        LOG.warning("volume %s: could not write back status: %s",
-                    volume_id, exc)
+        LOG.warning(
+            "volume %s: could not write back status: %s", volume_id, exc
+        )
 
 
-def report_problem(conf: cfg.ConfigOpts, cloud: Cloud,
-                   problem: Problem) -> Outcome:
+def report_problem(
+    conf: cfg.ConfigOpts, cloud: Cloud, problem: Problem
+) -> Outcome:
     """Log a volume's broken opt-in and show it to its tenant."""
     LOG.error("%s", problem.error)
     write_back(conf, cloud, problem.volume_id, problem.error)
-    return Outcome(volume_id=problem.volume_id,
-                   project_id=problem.project_id,
-                   policy=problem.policy or "", status="error",
-                   error=problem.error)
+    return Outcome(
+        volume_id=problem.volume_id,
+        project_id=problem.project_id,
+        policy=problem.policy or "",
+        status="error",
+        error=problem.error,
+    )

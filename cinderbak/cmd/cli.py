@@ -30,12 +30,18 @@ class CinderbakApp(App):
             description, version, argparse_kwargs
         )
         parser.add_argument(
-            "--config-file", action="append", default=[], metavar="PATH",
+            "--config-file",
+            action="append",
+            default=[],
+            metavar="PATH",
             help="cinderbak configuration file (repeatable; default: "
             "/etc/cinderbak/cinderbak.conf)",
         )
         parser.add_argument(
-            "--config-dir", action="append", default=[], metavar="DIR",
+            "--config-dir",
+            action="append",
+            default=[],
+            metavar="DIR",
             help="directory of *.conf files read after --config-file",
         )
         return parser
@@ -45,6 +51,8 @@ class CinderbakApp(App):
 
     def initialize_app(self, argv) -> None:
         opts.register_opts(self.conf)
+        # Logs go to stderr so that `-f json` output can be piped.
+        self.conf.set_default("use_stderr", True)
         args = [f"--config-file={path}" for path in self.options.config_file]
         args += [f"--config-dir={path}" for path in self.options.config_dir]
         self.conf(args=args, project="cinderbak", version=version_string())

@@ -17,11 +17,15 @@ class RunOnce(Lister):
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument(
-            "--policy", action="append", default=[], metavar="NAME",
+            "--policy",
+            action="append",
+            default=[],
+            metavar="NAME",
             help="run only this policy (repeatable; default: all)",
         )
         parser.add_argument(
-            "--no-audit", action="store_true",
+            "--no-audit",
+            action="store_true",
             help="skip the scan of all volumes for opt-ins that name no "
             "policy (it pages through every volume of the cloud)",
         )
@@ -35,7 +39,8 @@ class RunOnce(Lister):
 
     def take_action(self, parsed_args):
         outcomes = service.run_once(
-            self.app.parts(), parsed_args.policy or None,
+            self.app.parts(),
+            parsed_args.policy or None,
             audit=not parsed_args.no_audit,
         )
         failed = [o for o in outcomes if o.status in ("error", "timeout")]

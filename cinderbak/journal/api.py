@@ -26,6 +26,7 @@ import dataclasses
 import datetime
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Self
@@ -61,6 +62,11 @@ path relative to the working directory, so it works when installed."""
 LOG = logging.getLogger(__name__)
 
 _WRITE = "cinderbak_journal_write"
+
+# Alembic runs migrations through module-global proxies (alembic.context,
+# alembic.op): two upgrades in threads of one process would trample each
+# other. Between processes the database lock orders them (env.py).
+_UPGRADE_LOCK = threading.Lock()
 _PRUNE_BATCH = 500
 
 Clock = Callable[[], datetime.datetime]
@@ -261,6 +267,15 @@ class Journal:
             self._engine.execution_options(**{_WRITE: True}),
             expire_on_commit=False,
         )
+        # SQLite has one writer at a time. Threads of this process queue
+        # on a lock rather than on SQLite's busy handler, which polls with
+        # sleeps of up to 100 ms and so turns contention into latency.
+        # Other processes still wait through the busy timeout.
+        self._write_lock: contextlib.AbstractContextManager[object] = (
+            threading.Lock()
+            if self._engine.dialect.name == "sqlite"
+            else contextlib.nullcontext()
+        )
 
     @classmethod
     def from_url(
@@ -315,17 +330,19 @@ class Journal:
     def upgrade(self, revision: str = "head") -> None:
         """Bring the schema to *revision* (default: the newest).
 
-        Safe to call at every start: at head it changes nothing. On
-        SQLite it holds the write lock throughout, so two processes
-        upgrading at once run one after the other.
+        Safe to call at every start: at head it changes nothing. Daemons
+        upgrading at once take turns (SQLite's write lock, a PostgreSQL
+        advisory lock) and the later ones find nothing to do.
         """
         config = self._alembic_config()
-        before = self.schema_revision()
-        with self._engine.execution_options(**{_WRITE: True}).connect() as c:
-            config.attributes["connection"] = c
-            alembic_command.upgrade(config, revision)
-            c.commit()
-        after = self.schema_revision()
+        writer = self._engine.execution_options(**{_WRITE: True})
+        with _UPGRADE_LOCK:
+            before = self.schema_revision()
+            with writer.connect() as conn:
+                config.attributes["connection"] = conn
+                alembic_command.upgrade(config, revision)
+                conn.commit()
+            after = self.schema_revision()
         if after != before:
             LOG.info(
                 "journal %s upgraded from schema %s to %s",
@@ -390,7 +407,7 @@ class Journal:
             finished_at=None,
         )
         try:
-            with self._write.begin() as s:
+            with self._writing() as s:
                 s.add(row)
                 s.flush()
                 fields = _run_fields(row, False)
@@ -470,7 +487,7 @@ class Journal:
 
     @contextlib.contextmanager
     def _locked_run(self, run_id: str) -> Iterator[models.Run]:
-        with self._write.begin() as s:
+        with self._writing() as s:
             row = s.get(models.Run, run_id, with_for_update=True)
             if row is None:
                 raise NotFound(f"no run {run_id}")
@@ -499,7 +516,7 @@ class Journal:
         """
         kind = StepKind(kind)
         now = self._now()
-        with self._write.begin() as s:
+        with self._writing() as s:
             if s.get(models.Run, run_id) is None:
                 raise NotFound(f"no run {run_id}")
             row = models.Step(
@@ -618,7 +635,7 @@ class Journal:
 
     @contextlib.contextmanager
     def _locked_step(self, step_id: int) -> Iterator[models.Step]:
-        with self._write.begin() as s:
+        with self._writing() as s:
             row = s.get(models.Step, step_id, with_for_update=True)
             if row is None:
                 raise NotFound(f"no step {step_id}")
@@ -821,7 +838,7 @@ class Journal:
         )
         total = 0
         while True:
-            with self._write.begin() as s:
+            with self._writing() as s:
                 ids = list(s.scalars(victims))
                 if not ids:
                     return total
@@ -832,6 +849,12 @@ class Journal:
             total += len(ids)
 
     # -- helpers -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[orm.Session]:
+        """A write transaction: committed on success, rolled back on error."""
+        with self._write_lock, self._write.begin() as session:
+            yield session
 
     def _now(self) -> datetime.datetime:
         return to_utc(self._clock())

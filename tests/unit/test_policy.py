@@ -119,3 +119,34 @@ def test_load_policies_requires_a_schedule(tmp_path):
     conf = _conf(tmp_path, "[policy:daily]\nretention = last=3\n")
     with pytest.raises(PolicyConfigError, match="schedule: a value is req"):
         policy.load_policies(conf)
+
+
+def test_interval_slots_are_stable_across_restarts():
+    schedule = policy.parse_schedule("every 6h")
+    now = datetime.datetime(2026, 11, 24, 13, 59, tzinfo=UTC)
+    assert schedule.last_fire_time(now) == datetime.datetime(
+        2026, 11, 24, 12, 0, tzinfo=UTC
+    )
+    fire = schedule.trigger().get_next_fire_time(None, now)
+    assert fire == datetime.datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "crontab, now, expected",
+    [
+        ("0 3 * * *", (2026, 11, 24, 2, 59), (2026, 11, 23, 3, 0)),
+        ("0 3 * * *", (2026, 11, 24, 3, 0), (2026, 11, 24, 3, 0)),
+        ("*/5 * * * *", (2026, 11, 24, 3, 7), (2026, 11, 24, 3, 5)),
+        ("0 0 1 1 *", (2026, 11, 24, 0, 0), (2026, 1, 1, 0, 0)),
+    ],
+)
+def test_last_fire_time_of_crontab(crontab, now, expected):
+    schedule = policy.parse_schedule(crontab)
+    at = datetime.datetime(*now, tzinfo=UTC)
+    assert schedule.last_fire_time(at) == datetime.datetime(
+        *expected, tzinfo=UTC
+    )
+
+
+def test_fallback_policy_has_defaults():
+    assert policy.fallback_policy("gone").retention.last == 7

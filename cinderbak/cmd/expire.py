@@ -1,0 +1,67 @@
+"""``cinderbak expire``: delete the backups retention no longer keeps."""
+
+from __future__ import annotations
+
+import datetime
+
+from cliff.lister import Lister
+
+from cinderbak import expiry
+
+
+class Expire(Lister):
+    """Carry out the retention plan of the given policies now.
+
+    Prints one row per deletion decided, with its result. Exits non-zero
+    when any deletion failed (Cinder refused it, it failed or did not
+    finish in time) or a project could not be planned; those are left
+    for a later pass.
+    """
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            "--policy",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="expire only this policy (repeatable; default: all)",
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="print what would be deleted; delete nothing",
+        )
+        return parser
+
+    exit_code = 0
+
+    def run(self, parsed_args) -> int:
+        super().run(parsed_args)
+        return self.exit_code
+
+    def take_action(self, parsed_args):
+        parts = self.app.parts()
+        policies = expiry.select_policies(parts.policies, parsed_args.policy)
+        rows: list[expiry.ExpiryRow] = []
+        for policy in policies:
+            rows.extend(
+                expiry.expire_policy(
+                    parts,
+                    policy,
+                    datetime.datetime.now(datetime.UTC),
+                    dry_run=parsed_args.dry_run,
+                )
+            )
+        failed = [row for row in rows if row.failed]
+        done = sum(
+            row.result in (expiry.DELETED, expiry.ALREADY_GONE) for row in rows
+        )
+        verb = "would delete" if parsed_args.dry_run else "deleted"
+        self.app.stderr.write(
+            f"{len(rows)} decisions: {verb} "
+            f"{len(rows) - len(failed) if parsed_args.dry_run else done}, "
+            f"{len(failed)} failed\n"
+        )
+        self.exit_code = 1 if failed else 0
+        return expiry.EXPIRE_COLUMNS, [row.row() for row in rows]

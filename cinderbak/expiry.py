@@ -1,0 +1,771 @@
+"""Expiry: the retention planner's decisions, carried out against Cinder.
+
+For one policy this module finds every volume the policy covers, reads
+the backups of each, asks the pure planner (:mod:`cinderbak.retention`)
+what to keep and what to delete, and - unless it is a dry run - deletes
+in the plan's order.
+
+Which volumes a policy covers:
+
+* volumes whose metadata names the policy (one server-side filtered list);
+* orphans: volumes that no longer exist, whose newest backup of ours
+  carries the policy's mark (``cinderbak:policy``). Cinder cannot filter
+  backups by metadata, so the backups of every owning project are listed
+  and the marks checked here. The owning projects are the service
+  project (``ownership = service``) or, for ``ownership = project``, the
+  projects of the current volumes and of the policy's runs in the journal.
+
+A volume that still exists but no longer names the policy is left alone:
+its backups are kept until it opts in again or is deleted.
+
+Deleting, for each backup in the plan's order:
+
+1. re-read it: still ours, not held, ``available`` or ``error``, and
+   Cinder's ``has_dependent_backups`` false - the truth before any delete;
+2. record the intent (journal step ``backup_delete``), ask Cinder to
+   delete, and record the backup id once Cinder accepted;
+3. wait until the backup is gone before the next deletion of that volume
+   (it may be the parent: Cinder refuses to delete a backup while any
+   backup names it as parent, in whatever state, and only clears
+   ``has_dependent_backups`` once the child is destroyed). One list call
+   per poll covers every deletion in flight.
+
+A deletion Cinder refuses is recorded and left to a later pass: no retry
+loop within a pass. Deletions are bounded per pass
+(``[expiry] max_deletions_per_pass``).
+
+Each pass that deletes something is one journal run, policy
+``expire:<name>``, target ``expiry``, keyed by the pass's ``now``: two
+daemons starting the same pass get the same run and only one deletes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+
+import openstack.connection
+import sqlalchemy as sa
+from openstack import exceptions as sdk_exceptions
+from oslo_config import cfg
+from oslo_log import log as logging
+from sqlalchemy import orm
+
+from cinderbak import backups, chains, discovery, retention, tenant
+from cinderbak.chains import BackupInfo
+from cinderbak.cloud import NoRoleInProject
+from cinderbak.journal import Journal, models, states, steps
+from cinderbak.policy import Ownership, Policy
+
+LOG = logging.getLogger(__name__)
+
+GROUP = "expiry"
+OPTS = [
+    cfg.IntOpt(
+        "max_deletions_per_pass",
+        default=50,
+        min=0,
+        help="Most backups one expiry pass of a policy deletes; the rest "
+        "wait for the next pass (the plan says 'deferred'). Bounds the "
+        "load a pass puts on the backup service after a retention change.",
+    ),
+    cfg.IntOpt(
+        "max_concurrent_deletions",
+        default=4,
+        min=1,
+        help="Deletions in flight at once, each on a different volume. "
+        "Within one volume deletions are sequential (a child must be "
+        "gone before its parent can go).",
+    ),
+    cfg.IntOpt(
+        "delete_timeout",
+        default=900,
+        min=1,
+        help="Seconds to wait for one deletion to finish. After that the "
+        "pass stops waiting: the deletion is reported as failed and the "
+        "rest of that volume's deletions wait for a later pass.",
+    ),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    return [(GROUP, OPTS)]
+
+
+RUN_PREFIX = "expire:"
+RUN_TARGET = "expiry"
+PAGE_SIZE = 500
+_IN_BATCH = 500  # ids per SQL IN (...) list
+
+# Results of a deletion, as shown in the ``result`` column.
+DRY_RUN = "dry run: would delete"
+DELETED = "deleted"
+ALREADY_GONE = "already gone"
+SKIPPED = "skipped"  # prefix: a re-read check said no
+FAILED = "failed"  # prefix: Cinder refused, the deletion failed or hung
+
+PLAN_COLUMNS = (
+    "policy",
+    "project_id",
+    "volume_id",
+    "backup_id",
+    "created_at",
+    "kind",
+    "status",
+    "action",
+    "reasons",
+)
+EXPIRE_COLUMNS = PLAN_COLUMNS[:-1] + ("result", "reasons")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpiryRow:
+    """One backup's line in a plan or an expiry pass.
+
+    A problem that stopped a whole project or volume from being planned
+    (no role, an API error) is a row with action ``error`` and no backup.
+    """
+
+    policy: str
+    project_id: str
+    volume_id: str
+    backup_id: str
+    created_at: str
+    kind: str
+    status: str
+    action: str
+    reasons: str
+    result: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.action == "error" or self.result.startswith(FAILED)
+
+    def row(self, columns: Iterable[str] = EXPIRE_COLUMNS) -> tuple:
+        return tuple(getattr(self, column) for column in columns)
+
+    @classmethod
+    def problem(
+        cls, policy: str, project_id: str, volume_id: str, error: str
+    ) -> ExpiryRow:
+        return cls(
+            policy=policy,
+            project_id=project_id,
+            volume_id=volume_id,
+            backup_id="",
+            created_at="",
+            kind="",
+            status="",
+            action="error",
+            reasons=error,
+            result=f"{FAILED}: {error}",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumePlan:
+    """The plan for the backups of one volume in one owning project."""
+
+    policy: Policy
+    project_id: str  # the project the backups belong to
+    volume_id: str
+    volume_exists: bool
+    conn: openstack.connection.Connection  # acts in ``project_id``
+    history: Mapping[str, BackupInfo]  # every backup, ours or not, by id
+    plan: retention.Plan
+
+    def row(self, decision: retention.Decision, result: str = "") -> ExpiryRow:
+        info = self.history[decision.backup_id]
+        reasons = list(decision.reasons)
+        if not self.volume_exists:
+            reasons.append("volume deleted")
+        return ExpiryRow(
+            policy=self.policy.name,
+            project_id=self.project_id,
+            volume_id=self.volume_id,
+            backup_id=decision.backup_id,
+            created_at=_iso(info.created_at),
+            kind=chains.INCREMENTAL if info.is_incremental else chains.FULL,
+            status=info.status,
+            action=decision.action,
+            reasons="; ".join(reasons),
+            result=result,
+        )
+
+    def rows(self) -> list[ExpiryRow]:
+        """One row per backup: kept ones newest first, then deletions."""
+        return [self.row(d) for d in self.plan.decisions]
+
+
+def _iso(value: datetime.datetime | None) -> str:
+    if value is None:
+        return ""
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- pure helpers ------------------------------------------------------
+
+
+def refusal(
+    info: BackupInfo, volume_id: str | None, expected_volume_id: str
+) -> str | None:
+    """Given a backup as just re-read, say why it must not be deleted now,
+    or return None when it may be.
+
+    The planner already decided on a listing taken earlier; this is the
+    last look before the delete call, so every rule that protects data is
+    checked again here (defence in depth).
+    """
+    if not info.ours:
+        return "not ours: cinderbak:owner is not this deployment's"
+    if volume_id != expected_volume_id:
+        return f"belongs to volume {volume_id}, not {expected_volume_id}"
+    if info.held:
+        return f"held ({tenant.HOLD})"
+    if info.status not in retention.FINAL:
+        return f"status is now {info.status}"
+    if info.has_dependent_backups:
+        return "Cinder reports dependent backups"
+    return None
+
+
+def governing_policy(
+    listed: Iterable[object], deployment_id: str
+) -> str | None:
+    """Given the SDK backups of one volume in one project, return the
+    ``cinderbak:policy`` of the newest backup of ours (by data timestamp,
+    then creation time), or None if none of them is ours.
+
+    A deleted volume's backups are expired by that one policy, so two
+    policies never plan the same backups.
+    """
+    best: tuple | None = None
+    for backup in listed:
+        metadata = dict(getattr(backup, "metadata", None) or {})
+        if not tenant.is_ours(metadata, deployment_id):
+            continue
+        created = backups.parse_time(backup.created_at)
+        data = backups.parse_time(backup.data_timestamp) or created
+        key = (
+            _sortable(data),
+            _sortable(created),
+            backup.id,
+            metadata.get(tenant.POLICY),
+        )
+        if best is None or key > best:
+            best = key
+    return None if best is None else best[3]
+
+
+_EPOCH = datetime.datetime.min.replace(tzinfo=datetime.UTC)
+
+
+def _sortable(value: datetime.datetime | None) -> datetime.datetime:
+    return _EPOCH if value is None else value.astimezone(datetime.UTC)
+
+
+# -- reading -----------------------------------------------------------
+
+
+def _options(conf: cfg.ConfigOpts):
+    register_opts(conf)  # idempotent; opts.py registers them too
+    return conf[GROUP]
+
+
+def select_policies(
+    policies: Mapping[str, Policy], names: Collection[str] | None
+) -> list[Policy]:
+    """Return the named policies (all when ``names`` is empty), sorted.
+
+    Raise LookupError naming the unknown policy and the defined ones.
+    """
+    chosen = sorted(names or policies)
+    for name in chosen:
+        if name not in policies:
+            raise LookupError(
+                f"no policy {name!r}; defined: "
+                + (", ".join(sorted(policies)) or "(none)")
+            )
+    return [policies[name] for name in chosen]
+
+
+def _journal_projects(journal: Journal, policy: str) -> set[str]:
+    """Projects the journal has runs of ``policy`` in.
+
+    A read-only query on the journal's tables; it belongs in
+    :class:`~cinderbak.journal.Journal` (to be moved there).
+    """
+    run = models.Run
+    query = (
+        sa.select(run.project_id)
+        .where(run.policy == policy, run.project_id.is_not(None))
+        .distinct()
+    )
+    with orm.Session(journal.engine) as session:
+        return {value for value in session.scalars(query) if value}
+
+
+def _recorded_parents(journal: Journal, ids: Iterable[str]) -> dict[str, str]:
+    """Map each backup id cinderbak created as an incremental to the
+    parent it expected (journal step ``backup_create``).
+
+    A read-only query on the journal's tables; it belongs in
+    :class:`~cinderbak.journal.Journal` (to be moved there).
+    """
+    step = models.Step
+    wanted = sorted(set(ids))
+    found: dict[str, str] = {}
+    with orm.Session(journal.engine) as session:
+        for start in range(0, len(wanted), _IN_BATCH):
+            query = sa.select(step.resource_id, step.details).where(
+                step.kind == steps.BACKUP_CREATE,
+                step.state == states.DONE,
+                step.resource_id.in_(wanted[start : start + _IN_BATCH]),
+            )
+            for backup_id, details in session.execute(query):
+                parent = (details or {}).get(steps.EXPECTED_PARENT)
+                asked = (details or {}).get("kind")
+                if parent and asked == chains.INCREMENTAL:
+                    found[backup_id] = str(parent)
+    return found
+
+
+class _Reader:
+    """Gathers the plans of one policy."""
+
+    def __init__(self, parts, policy: Policy) -> None:
+        self.parts = parts
+        self.cloud = parts.cloud
+        self.policy = policy
+        self.deployment_id = parts.conf.deployment_id
+        self.problems: list[ExpiryRow] = []
+        self._exists: dict[str, bool] = {}
+
+    def owners(self, targets: Mapping[str, str]) -> list[str]:
+        """The projects that may hold backups of this policy."""
+        if self.policy.ownership is Ownership.SERVICE:
+            return [self.cloud.service.current_project_id]
+        projects = set(targets.values())
+        projects |= _journal_projects(self.parts.journal, self.policy.name)
+        return sorted(projects)
+
+    def connection(self, project_id: str) -> openstack.connection.Connection:
+        if self.policy.ownership is Ownership.SERVICE:
+            return self.cloud.service
+        return self.cloud.for_project(project_id)
+
+    def volume_exists(self, volume_id: str) -> bool:
+        if volume_id not in self._exists:
+            try:
+                self.cloud.call(
+                    self.cloud.service.block_storage.get_volume, volume_id
+                )
+                self._exists[volume_id] = True
+            except sdk_exceptions.NotFoundException:
+                self._exists[volume_id] = False
+        return self._exists[volume_id]
+
+    def covered(
+        self, volume_id: str, listed: list, targets: Mapping[str, str]
+    ) -> bool | None:
+        """Return whether the volume exists when this policy governs its
+        backups, else None (not ours to plan)."""
+        if volume_id in targets:
+            return True
+        mine = self.policy.name
+        if not any(
+            tenant.is_ours(dict(b.metadata or {}), self.deployment_id)
+            and (b.metadata or {}).get(tenant.POLICY) == mine
+            for b in listed
+        ):
+            return None
+        if governing_policy(listed, self.deployment_id) != mine:
+            return None  # another policy's pass governs this orphan
+        if self.volume_exists(volume_id):
+            return None  # opted out or moved to another policy: kept
+        return False
+
+    def gather(
+        self,
+        now: datetime.datetime,
+        budget: int,
+        volume_ids: Collection[str] | None,
+    ) -> list[VolumePlan]:
+        name = self.policy.name
+        targets = {
+            volume.id: volume.project_id or ""
+            for volume in self.cloud.call(
+                lambda: list(
+                    discovery.volumes_of_policy(self.cloud, self.policy)
+                )
+            )
+        }
+        plans: list[VolumePlan] = []
+        for project_id in self.owners(targets):
+            try:
+                conn = self.connection(project_id)
+                listed = self.cloud.call(
+                    lambda conn=conn: list(
+                        conn.block_storage.backups(
+                            details=True, limit=PAGE_SIZE
+                        )
+                    )
+                )
+            except (NoRoleInProject, sdk_exceptions.SDKException) as exc:
+                LOG.error("policy %s: project %s: %s", name, project_id, exc)
+                self.problems.append(
+                    ExpiryRow.problem(name, project_id, "", str(exc))
+                )
+                continue
+            by_volume: dict[str, list] = {}
+            for backup in listed:
+                by_volume.setdefault(backup.volume_id, []).append(backup)
+            ours = {
+                b.id: b
+                for b in listed
+                if tenant.is_ours(dict(b.metadata or {}), self.deployment_id)
+            }
+            parents = _recorded_parents(self.parts.journal, ours)
+            for volume_id in sorted(by_volume):
+                if volume_ids and volume_id not in volume_ids:
+                    continue
+                items = by_volume[volume_id]
+                if not any(b.id in ours for b in items):
+                    continue
+                try:
+                    exists = self.covered(volume_id, items, targets)
+                except sdk_exceptions.SDKException as exc:
+                    self.problems.append(
+                        ExpiryRow.problem(
+                            name, project_id, volume_id, str(exc)
+                        )
+                    )
+                    continue
+                if exists is None:
+                    continue
+                history = {}
+                for backup in items:
+                    info = backups.to_info(backup, self.deployment_id)
+                    parent = parents.get(backup.id)
+                    if parent and info.is_incremental:
+                        info = dataclasses.replace(info, parent_id=parent)
+                    history[info.id] = info
+                try:
+                    result = retention.plan(
+                        history.values(),
+                        self.policy.retention,
+                        now,
+                        volume_exists=exists,
+                        max_deletions=budget,
+                    )
+                except ValueError as exc:  # an id listed twice (paging)
+                    self.problems.append(
+                        ExpiryRow.problem(
+                            name, project_id, volume_id, str(exc)
+                        )
+                    )
+                    continue
+                budget -= len(result.deletions)
+                plans.append(
+                    VolumePlan(
+                        policy=self.policy,
+                        project_id=project_id,
+                        volume_id=volume_id,
+                        volume_exists=exists,
+                        conn=conn,
+                        history=history,
+                        plan=result,
+                    )
+                )
+        return plans
+
+
+def plan_policy(
+    parts,
+    policy: Policy,
+    now: datetime.datetime,
+    *,
+    max_deletions: int | None = None,
+    volume_ids: Collection[str] | None = None,
+) -> tuple[list[VolumePlan], list[ExpiryRow]]:
+    """Given a policy, return the plan of every volume it covers that has
+    backups of ours (limited to ``volume_ids`` when given), and rows for
+    the projects or volumes that could not be planned.
+
+    ``max_deletions`` (default ``[expiry] max_deletions_per_pass``) bounds
+    the deletions over all volumes; later volumes get what is left.
+    Reads only: nothing is changed.
+    """
+    if max_deletions is None:
+        max_deletions = _options(parts.conf).max_deletions_per_pass
+    reader = _Reader(parts, policy)
+    plans = reader.gather(now, max_deletions, volume_ids)
+    return plans, reader.problems
+
+
+# -- deleting ----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Queue:
+    """One volume's deletions in a pass: strictly one after the other."""
+
+    plan: VolumePlan
+    pending: list[retention.Decision]
+    current: str | None = None
+    step: int | None = None
+    deadline: float = 0.0
+
+
+class _Deleter:
+    """Carries out the deletions of one pass, recorded in the journal."""
+
+    def __init__(
+        self,
+        parts,
+        policy: Policy,
+        now: datetime.datetime,
+        stop: threading.Event,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.parts = parts
+        self.cloud = parts.cloud
+        self.journal: Journal = parts.journal
+        self.policy = policy
+        self.now = now
+        self.stop = stop
+        self.clock = clock
+        self.options = _options(parts.conf)
+        self.deployment_id = parts.conf.deployment_id
+        self.results: dict[str, str] = {}
+        self.run_id = ""
+
+    def execute(self, plans: list[VolumePlan]) -> dict[str, str]:
+        """Delete what ``plans`` say; return a result per backup id."""
+        wanted = [d.backup_id for p in plans for d in p.plan.deletions]
+        run = self.journal.begin_run(
+            RUN_PREFIX + self.policy.name,
+            RUN_TARGET,
+            self.now,
+            project_id=None,
+            attrs={"deletions": len(wanted)},
+        )
+        if not run.created:
+            why = (
+                f"{SKIPPED}: expiry pass {self.now.isoformat()} of this "
+                f"policy is already {run.state} (run {run.id})"
+            )
+            return dict.fromkeys(wanted, why)
+        self.run_id = run.id
+        self.journal.start_run(run.id)
+        try:
+            self._loop([_Queue(p, list(p.plan.deletions)) for p in plans])
+        except Exception as exc:
+            self.journal.finish_run(
+                run.id, states.FAILED, {**self._summary(), "error": str(exc)}
+            )
+            raise
+        summary = self._summary()
+        if summary["failed"] and summary["deleted"]:
+            state = states.PARTIAL
+        elif summary["failed"]:
+            state = states.FAILED
+        else:
+            state = states.SUCCEEDED
+        self.journal.finish_run(run.id, state, summary)
+        return self.results
+
+    def _summary(self) -> dict[str, int]:
+        values = list(self.results.values())
+        return {
+            "deleted": sum(v in (DELETED, ALREADY_GONE) for v in values),
+            "failed": sum(v.startswith(FAILED) for v in values),
+            "skipped": sum(v.startswith(SKIPPED) for v in values),
+        }
+
+    def _loop(self, queues: list[_Queue]) -> None:
+        limit = self.options.max_concurrent_deletions
+        waiting = [q for q in queues if q.pending]
+        in_flight: list[_Queue] = []
+        while waiting or in_flight:
+            for queue in list(waiting):
+                if len(in_flight) >= limit:
+                    break
+                waiting.remove(queue)
+                if self._start_next(queue):
+                    in_flight.append(queue)
+            if not in_flight:
+                continue  # whatever waits gets its turn at once
+            if self.stop.wait(self.parts.conf.poll_interval):
+                for queue in waiting + in_flight:
+                    self._give_up(queue, "stopping")
+                return
+            deleting = backups.ids_in_status(self.cloud, "backups", "deleting")
+            for queue in list(in_flight):
+                if queue.current in deleting:
+                    if self.clock() > queue.deadline:
+                        self._timed_out(queue)
+                        in_flight.remove(queue)
+                    continue
+                if not self._settled(queue):
+                    continue
+                in_flight.remove(queue)
+                if queue.pending:
+                    waiting.append(queue)
+
+    def _start_next(self, queue: _Queue) -> bool:
+        """Start the queue's next deletion that passes the checks; return
+        whether one is now in flight."""
+        while queue.pending:
+            decision = queue.pending.pop(0)
+            if self._delete(queue, decision):
+                return True
+        return False
+
+    def _delete(self, queue: _Queue, decision: retention.Decision) -> bool:
+        plan = queue.plan
+        backup_id = decision.backup_id
+        storage = plan.conn.block_storage
+        try:
+            backup = self.cloud.call(storage.get_backup, backup_id)
+        except sdk_exceptions.NotFoundException:
+            self.results[backup_id] = ALREADY_GONE
+            return False
+        except sdk_exceptions.SDKException as exc:
+            self.results[backup_id] = f"{FAILED}: cannot re-read it: {exc}"
+            return False
+        info = backups.to_info(backup, self.deployment_id)
+        why_not = refusal(info, backup.volume_id, plan.volume_id)
+        if why_not:
+            LOG.warning(
+                "policy %s: not deleting backup %s of volume %s: %s",
+                self.policy.name,
+                backup_id,
+                plan.volume_id,
+                why_not,
+            )
+            self.results[backup_id] = f"{SKIPPED}: {why_not}"
+            return False
+        step = self.journal.begin_step(
+            self.run_id,
+            steps.BACKUP_DELETE,
+            target=plan.volume_id,
+            details={
+                "backup_id": backup_id,
+                "project_id": plan.project_id,
+                "status": info.status,
+                "reasons": list(decision.reasons),
+            },
+        )
+        try:
+            self.cloud.call(
+                storage.delete_backup, backup_id, ignore_missing=False
+            )
+        except sdk_exceptions.NotFoundException:
+            self.journal.complete_step(step, details={"note": ALREADY_GONE})
+            self.results[backup_id] = ALREADY_GONE
+            return False
+        except sdk_exceptions.SDKException as exc:
+            # 400/409 (e.g. "Incremental backups exist for this backup"):
+            # recorded and left to a later pass, never repeated here.
+            reason = f"Cinder refused: {exc}"
+            self.journal.fail_step(step, reason)
+            self.results[backup_id] = f"{FAILED}: {reason}"
+            LOG.error(
+                "policy %s: backup %s: %s", self.policy.name, backup_id, reason
+            )
+            return False
+        self.journal.set_step_resource(step, backup_id)
+        queue.current = backup_id
+        queue.step = step
+        queue.deadline = self.clock() + self.options.delete_timeout
+        return True
+
+    def _settled(self, queue: _Queue) -> bool:
+        """The backup is no longer listed as deleting: find out how it
+        ended. Return False if it is, after all, still being deleted."""
+        backup_id, step = queue.current, queue.step
+        try:
+            backup = self.cloud.call(
+                queue.plan.conn.block_storage.get_backup, backup_id
+            )
+        except sdk_exceptions.NotFoundException:
+            self.journal.complete_step(step)
+            self.results[backup_id] = DELETED
+            LOG.info(
+                "policy %s: deleted backup %s of volume %s",
+                self.policy.name,
+                backup_id,
+                queue.plan.volume_id,
+            )
+        else:
+            if backup.status == "deleting":
+                return False
+            reason = backup.fail_reason or f"status {backup.status}"
+            self.journal.fail_step(step, f"deletion failed: {reason}")
+            self.results[backup_id] = f"{FAILED}: deletion failed: {reason}"
+        queue.current = queue.step = None
+        return True
+
+    def _timed_out(self, queue: _Queue) -> None:
+        seconds = self.options.delete_timeout
+        reason = f"still deleting after {seconds} s; a later pass looks again"
+        self.journal.fail_step(queue.step, reason)
+        self.results[queue.current] = f"{FAILED}: {reason}"
+        blocker = queue.current
+        queue.current = queue.step = None
+        self._give_up(queue, f"waits for {blocker} to be deleted")
+
+    def _give_up(self, queue: _Queue, why: str) -> None:
+        """Leave the rest of the queue to a later pass. A deletion in
+        flight keeps its open step: recovery or the next pass settles it."""
+        for decision in queue.pending:
+            self.results[decision.backup_id] = f"{SKIPPED}: {why}"
+        queue.pending.clear()
+        if queue.current is not None:
+            self.results.setdefault(
+                queue.current, f"{SKIPPED}: {why} (deletion requested)"
+            )
+
+
+def expire_policy(
+    parts,
+    policy: Policy,
+    now: datetime.datetime,
+    *,
+    dry_run: bool,
+    max_deletions: int | None = None,
+    stop: threading.Event | None = None,
+) -> list[ExpiryRow]:
+    """Plan every volume of ``policy`` and delete what the plans say.
+
+    Return one row per deletion decided (with its result) and one per
+    project or volume that could not be planned. With ``dry_run`` nothing
+    is deleted and nothing is written to the journal. ``max_deletions``
+    defaults to ``[expiry] max_deletions_per_pass``. ``stop`` ends the
+    pass early; deletions already requested then finish in Cinder and
+    their steps stay open for the next start.
+    """
+    plans, rows = plan_policy(parts, policy, now, max_deletions=max_deletions)
+    work = [p for p in plans if p.plan.deletions]
+    if dry_run:
+        for p in work:
+            rows.extend(p.row(d, DRY_RUN) for d in p.plan.deletions)
+        return rows
+    if not work:
+        return rows
+    deleter = _Deleter(parts, policy, now, stop or threading.Event())
+    results = deleter.execute(work)
+    for p in work:
+        rows.extend(
+            p.row(d, results.get(d.backup_id, f"{SKIPPED}: not reached"))
+            for d in p.plan.deletions
+        )
+    return rows

@@ -1,0 +1,153 @@
+"""Start-up recovery: finish what a killed daemon left in flight.
+
+The journal says, for every run that never reached an outcome, which
+actions were intended and which the cloud acknowledged. Recovery turns
+that into decisions: a backup still creating is waited for, a temporary
+snapshot is deleted, a run that never started is recorded as missed.
+A step whose resource id was never recorded (killed between the API call
+and the journal write) is matched by the name the run gives everything it
+creates, so nothing leaks and nothing is created twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import threading
+
+from openstack import exceptions as sdk_exceptions
+from oslo_log import log as logging
+
+from cinderbak import chains, discovery, policy, tenant
+from cinderbak.journal import RunRecord, StepRecord, states, steps
+from cinderbak.service import Parts
+from cinderbak.summary import Outcome
+from cinderbak.workflow import Job, PolicyRun, resource_name
+
+LOG = logging.getLogger(__name__)
+
+
+def recover(parts: Parts, stop: threading.Event) -> list[Outcome]:
+    """Settle every unfinished run of this host; return their outcomes."""
+    by_policy: dict[str, list[RunRecord]] = collections.defaultdict(list)
+    for record in parts.journal.unfinished_runs():
+        by_policy[record.policy].append(record)
+    outcomes: list[Outcome] = []
+    for name, records in sorted(by_policy.items()):
+        known = parts.policies.get(name) or policy.fallback_policy(name)
+        for record in records:
+            run = PolicyRun(
+                parts.conf, parts.cloud, parts.journal, parts.limiter,
+                known, record.scheduled_at, stop=stop,
+            )
+            job = _job_for(parts, run, record)
+            if job is None:
+                continue
+            LOG.info("recovery: run %s of %s on %s: %s", record.id,
+                     name, record.target, job.outcome.status
+                     if job.outcome else "waiting for its backup")
+            outcomes.extend(run.drive([], [job]))
+    return outcomes
+
+
+def _last(record: RunRecord, kind: steps.StepKind) -> StepRecord | None:
+    found = [step for step in record.steps or () if step.kind == kind]
+    return found[-1] if found else None
+
+
+def _job_for(parts: Parts, run: PolicyRun, record: RunRecord) -> Job | None:
+    """Rebuild the in-memory job of an interrupted run, or settle it."""
+    journal = parts.journal
+    if record.state is states.PENDING:
+        journal.finish_run(record.id, states.MISSED, {
+            "error": "the daemon stopped before this run started"})
+        return None
+    try:
+        volume = parts.cloud.call(
+            parts.cloud.service.block_storage.get_volume, record.target)
+    except sdk_exceptions.NotFoundException:
+        journal.finish_run(record.id, states.FAILED, {
+            "error": "the volume was deleted while the run was "
+                     "interrupted; Cinder removed its snapshots with it"})
+        return None
+    target = discovery.target_of(volume, run.policy, run.policy.quiesce)
+    ownership = record.attrs.get("ownership", run.policy.ownership.value)
+    conn = (parts.cloud.for_project(target.project_id)
+            if ownership == policy.Ownership.PROJECT.value
+            else parts.cloud.service)
+    backup_step = _last(record, steps.BACKUP_CREATE)
+    snapshot_step = _last(record, steps.SNAPSHOT_CREATE)
+    details = backup_step.details if backup_step else {}
+    job = Job(
+        target=target, run_id=record.id, conn=conn,
+        kind=details.get("kind", chains.FULL),
+        kind_reason="resumed after a restart",
+        expected_parent=details.get("expected_parent"),
+        consistency=details.get("consistency", "crash"),
+    )
+    job.started = run.clock()
+    job.deadline = job.started + run.policy.backup_timeout
+    if snapshot_step is not None:
+        job.snapshot_step = snapshot_step.id
+        job.snapshot_id = snapshot_step.resource_id or _adopt(
+            parts, conn.block_storage.snapshots, snapshot_step, run)
+    if backup_step is None:
+        job.outcome = run.job_outcome(
+            job, "error", "interrupted before the backup was requested; "
+            "the next scheduled run backs the volume up")
+        return job
+    job.backup_step = backup_step.id
+    job.backup_id = backup_step.resource_id or _adopt(
+        parts, conn.block_storage.backups, backup_step, run)
+    if job.backup_id is None:
+        job.outcome = run.job_outcome(
+            job, "error", "interrupted while requesting the backup; Cinder "
+            "never created it")
+    return job
+
+
+def _adopt(parts: Parts, listing, step: StepRecord,
+           run: PolicyRun) -> str | None:
+    """Find what a step created when the journal missed its id.
+
+    Everything a run creates carries the run's name and our owner mark.
+    """
+    name = resource_name(run.run_label)
+    for item in parts.cloud.call(lambda: list(listing(
+            details=True, volume_id=step.target, name=name))):
+        if tenant.is_ours(item.metadata or {}, parts.conf.deployment_id):
+            parts.journal.set_step_resource(step.id, item.id)
+            return item.id
+    if step.is_open:
+        parts.journal.fail_step(step.id, "the cloud never created it")
+    return None
+
+
+def missed_runs(parts: Parts, now: datetime.datetime) -> dict[str, bool]:
+    """For each policy, whether its last slot before ``now`` is due.
+
+    Return ``{policy: True}`` when the slot was missed (no run recorded)
+    and is still within the misfire grace: it runs once, now. A slot past
+    the grace is recorded as missed and returns False.
+    """
+    due: dict[str, bool] = {}
+    last = parts.journal.last_run_per_policy()
+    for name, known in parts.policies.items():
+        slot = known.schedule.last_fire_time(now)
+        if slot is None:
+            continue
+        recorded = last.get(name)
+        if recorded is not None and recorded.scheduled_at >= slot:
+            continue
+        late = (now - slot).total_seconds()
+        if late <= known.misfire_grace_time:
+            due[name] = True
+            continue
+        run = parts.journal.begin_run(name, "*", slot, project_id=None)
+        if run.created:
+            parts.journal.finish_run(run.id, states.MISSED, {
+                "error": f"the daemon was down at {slot:%Y-%m-%d %H:%M} "
+                         f"UTC, {late:.0f} s ago, longer than "
+                         f"misfire_grace_time"})
+        due[name] = False
+    return due

@@ -1,0 +1,218 @@
+"""Fixtures for tests against the real local stack (tools/localstack)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import openstack
+import pytest
+
+from tests import localstack
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CINDERBAK = pathlib.Path(sys.executable).with_name("cinderbak")
+
+
+@pytest.fixture(scope="session")
+def stack() -> localstack.Stack:
+    """The local stack, started if needed; clouds.yaml made the default."""
+    described = localstack.ensure_up()
+    os.environ["OS_CLIENT_CONFIG_FILE"] = str(described.clouds_yaml)
+    return described
+
+
+@pytest.fixture(scope="session")
+def clouds_env(stack) -> dict[str, str]:
+    return dict(os.environ, OS_CLIENT_CONFIG_FILE=str(stack.clouds_yaml))
+
+
+def _connect(stack, name: str) -> openstack.connection.Connection:
+    return openstack.connect(cloud=name, block_storage_api_version="3")
+
+
+@pytest.fixture(scope="session")
+def admin(stack):
+    conn = _connect(stack, "localstack-admin")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def alice(stack):
+    """Member of tenant-a."""
+    conn = _connect(stack, "localstack-tenant-a")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def bob(stack):
+    """Member of tenant-b."""
+    conn = _connect(stack, "localstack-tenant-b")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def carol(stack):
+    """Member of tenant-c, where the cinderbak user has no role."""
+    conn = _connect(stack, "localstack-tenant-c")
+    yield conn
+    conn.close()
+
+
+class Cleanup:
+    """Deletes what a test created, newest first, even when it failed."""
+
+    def __init__(self, admin) -> None:
+        self.admin = admin
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, kind: str, resource_id: str) -> None:
+        self.items.append((kind, resource_id))
+
+    def run(self) -> None:
+        storage = self.admin.block_storage
+        for kind, resource_id in reversed(self.items):
+            try:
+                if kind == "volume":
+                    volume = storage.find_volume(
+                        resource_id, ignore_missing=True, all_projects=True
+                    )
+                    if volume is None:
+                        continue
+                    for attachment in storage.attachments(
+                        volume_id=resource_id, all_projects=True
+                    ):
+                        storage.delete_attachment(attachment)
+                    self._delete_backups_of(resource_id)
+                    storage.wait_for_status(
+                        storage.get_volume(resource_id),
+                        status="available",
+                        failures=["error"],
+                        wait=120,
+                    )
+                    storage.delete_volume(resource_id, cascade=True)
+                elif kind == "backup":
+                    storage.delete_backup(resource_id, ignore_missing=True)
+            except Exception as exc:  # report, keep cleaning the rest
+                print(f"cleanup of {kind} {resource_id} failed: {exc}")
+
+    def _delete_backups_of(self, volume_id: str) -> None:
+        """Delete every backup of a volume, dependents before parents."""
+        storage = self.admin.block_storage
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            found = list(
+                storage.backups(volume_id=volume_id, all_projects=True)
+            )
+            if not found:
+                return
+            for backup in found:
+                if backup.status in ("available", "error") and not (
+                    backup.has_dependent_backups
+                ):
+                    storage.delete_backup(backup, ignore_missing=True)
+            time.sleep(2)
+        raise TimeoutError(f"backups of volume {volume_id} not deleted")
+
+
+@pytest.fixture
+def cleanup(admin):
+    tracker = Cleanup(admin)
+    yield tracker
+    tracker.run()
+
+
+@pytest.fixture
+def make_volume(cleanup):
+    """Create a volume as the given tenant; it is deleted after the test."""
+
+    def make(conn, *, size=1, metadata=None, name=None):
+        volume = conn.block_storage.create_volume(
+            size=size,
+            name=name or f"ft-{uuid.uuid4().hex[:8]}",
+            metadata=metadata or {},
+        )
+        cleanup.add("volume", volume.id)
+        return conn.block_storage.wait_for_status(
+            volume, status="available", failures=["error"], wait=120
+        )
+
+    return make
+
+
+class Cinderbak:
+    """Runs the real `cinderbak` command against a config of the test's."""
+
+    def __init__(self, path: pathlib.Path, env: dict[str, str]) -> None:
+        self.path = path
+        self.env = env
+
+    def run(self, *args: str, check: bool = False) -> list[dict]:
+        result = subprocess.run(
+            [
+                str(CINDERBAK),
+                "--config-file",
+                str(self.path),
+                *args,
+                "-f",
+                "json",
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"cinderbak {' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        start = result.stdout.find("[")
+        self.last_stderr = result.stderr
+        self.last_returncode = result.returncode
+        return json.loads(result.stdout[start:]) if start >= 0 else []
+
+
+@pytest.fixture
+def cinderbak_config(tmp_path, clouds_env):
+    """Write a cinderbak config; return a runner for the CLI with it."""
+
+    def write(policies: str, **defaults: str) -> Cinderbak:
+        deployment = defaults.pop("deployment_id", f"ft-{uuid.uuid4().hex}")
+        extra = "".join(
+            f"{key} = {value}\n" for key, value in defaults.items()
+        )
+        text = (
+            textwrap.dedent(f"""\
+            [DEFAULT]
+            deployment_id = {deployment}
+            write_back_status = true
+            poll_interval = 1
+            state_path = {tmp_path}/state
+            """)
+            + extra
+            + textwrap.dedent(f"""\
+            [cloud]
+            cloud = localstack-cinderbak
+            api_retries = 2
+            [journal]
+            connection = sqlite:///{tmp_path}/journal.sqlite
+            """)
+            + textwrap.dedent(policies)
+        )
+        path = tmp_path / "cinderbak.conf"
+        path.write_text(text)
+        runner = Cinderbak(path, clouds_env)
+        runner.deployment_id = deployment
+        return runner
+
+    return write
