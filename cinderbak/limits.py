@@ -66,27 +66,39 @@ class Limiter:
             conf.limits.max_in_flight_per_zone,
         )
 
-    def try_acquire(self, project: str, zone: str | None) -> bool:
-        """Take a slot for ``project`` in ``zone`` if every limit allows."""
+    def try_acquire(
+        self, project: str, zone: str | None, count: int = 1
+    ) -> bool:
+        """Take ``count`` slots for ``project`` in ``zone`` if every limit
+        allows all of them; a server's volumes start together or not at
+        all. A group larger than a limit may start when nothing else of
+        that scope is in flight, so it is never starved.
+        """
         zone = zone or ""
         with self._lock:
-            if (
-                self._in_use >= self._total
-                or self._projects[project] >= self._per_project
-                or self._zones[zone] >= self._per_zone
+            if not (
+                self._fits(self._in_use, self._total, count)
+                and self._fits(
+                    self._projects[project], self._per_project, count
+                )
+                and self._fits(self._zones[zone], self._per_zone, count)
             ):
                 return False
-            self._in_use += 1
-            self._projects[project] += 1
-            self._zones[zone] += 1
+            self._in_use += count
+            self._projects[project] += count
+            self._zones[zone] += count
             return True
 
-    def release(self, project: str, zone: str | None) -> None:
+    @staticmethod
+    def _fits(used: int, limit: int, count: int) -> bool:
+        return used + count <= limit or (used == 0 and count > limit)
+
+    def release(self, project: str, zone: str | None, count: int = 1) -> None:
         zone = zone or ""
         with self._lock:
-            self._in_use -= 1
-            self._projects[project] -= 1
-            self._zones[zone] -= 1
+            self._in_use -= count
+            self._projects[project] -= count
+            self._zones[zone] -= count
 
     @property
     def in_use(self) -> int:

@@ -11,12 +11,28 @@ import itertools
 
 from oslo_config import cfg
 
-from cinderbak import cloud, journal, limits, logs, policy, workflow
+from cinderbak import (
+    cloud,
+    consistency,
+    journal,
+    limits,
+    logs,
+    policy,
+    workflow,
+)
 from cinderbak.quiesce import libvirt as libvirt_quiescer
 
 # oslo.log's options come from its own generator namespace (see
 # etc/cinderbak/cinderbak-config-generator.conf); they are registered here.
-_MODULES = (workflow, cloud, limits, journal, libvirt_quiescer, policy)
+_MODULES = (
+    workflow,
+    cloud,
+    limits,
+    journal,
+    consistency,
+    libvirt_quiescer,
+    policy,
+)
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:

@@ -391,6 +391,7 @@ def fallback_policy(name: str) -> Policy:
     """A policy with default options, for finishing runs of a policy that
     was removed from the configuration while they were in flight."""
     return parse_policy(
-        name, {opt.dest: opt.default for opt in POLICY_OPTS}
-        | {"schedule": "every 1d"}
+        name,
+        {opt.dest: opt.default for opt in POLICY_OPTS}
+        | {"schedule": "every 1d"},
     )

@@ -20,6 +20,7 @@ from oslo_log import log as logging
 
 from cinderbak import chains, discovery, policy, tenant
 from cinderbak.journal import RunRecord, StepRecord, states, steps
+from cinderbak.quiesce.base import QuiesceError, ServerRef
 from cinderbak.service import Parts
 from cinderbak.summary import Outcome
 from cinderbak.workflow import Job, PolicyRun, resource_name
@@ -27,8 +28,45 @@ from cinderbak.workflow import Job, PolicyRun, resource_name
 LOG = logging.getLogger(__name__)
 
 
+def thaw_left_frozen(parts: Parts) -> int:
+    """Thaw every guest the journal shows frozen; return how many.
+
+    Runs first at start-up: a guest left frozen by a killed daemon hangs
+    its applications until someone thaws it. A thaw that fails stays in
+    the journal and is tried again at the next start.
+    """
+    thawed = 0
+    for step in parts.journal.frozen_servers():
+        server = ServerRef(step.target, step.details.get("host"))
+        try:
+            count = parts.quiescer.thaw(server)
+        except QuiesceError as exc:
+            LOG.error(
+                "recovery: server %s may still be frozen: %s", server, exc
+            )
+            continue
+        thaw = parts.journal.begin_step(
+            step.run_id,
+            steps.THAW,
+            target=step.target,
+            details={"by": "recovery", "filesystems": count},
+        )
+        parts.journal.complete_step(thaw)
+        if step.is_open:
+            parts.journal.undo_step(step.id, "thawed by recovery")
+        LOG.warning(
+            "recovery: thawed server %s, left frozen by a stopped "
+            "daemon (%d filesystems)",
+            server,
+            count,
+        )
+        thawed += 1
+    return thawed
+
+
 def recover(parts: Parts, stop: threading.Event) -> list[Outcome]:
     """Settle every unfinished run of this host; return their outcomes."""
+    thaw_left_frozen(parts)
     by_policy: dict[str, list[RunRecord]] = collections.defaultdict(list)
     for record in parts.journal.unfinished_runs():
         by_policy[record.policy].append(record)
@@ -36,16 +74,21 @@ def recover(parts: Parts, stop: threading.Event) -> list[Outcome]:
     for name, records in sorted(by_policy.items()):
         known = parts.policies.get(name) or policy.fallback_policy(name)
         for record in records:
-            run = PolicyRun(
-                parts.conf, parts.cloud, parts.journal, parts.limiter,
-                known, record.scheduled_at, stop=stop,
+            run = PolicyRun.for_parts(
+                parts, known, record.scheduled_at, stop=stop
             )
             job = _job_for(parts, run, record)
             if job is None:
                 continue
-            LOG.info("recovery: run %s of %s on %s: %s", record.id,
-                     name, record.target, job.outcome.status
-                     if job.outcome else "waiting for its backup")
+            LOG.info(
+                "recovery: run %s of %s on %s: %s",
+                record.id,
+                name,
+                record.target,
+                job.outcome.status
+                if job.outcome
+                else "waiting for its backup",
+            )
             outcomes.extend(run.drive([], [job]))
     return outcomes
 
@@ -59,27 +102,40 @@ def _job_for(parts: Parts, run: PolicyRun, record: RunRecord) -> Job | None:
     """Rebuild the in-memory job of an interrupted run, or settle it."""
     journal = parts.journal
     if record.state is states.PENDING:
-        journal.finish_run(record.id, states.MISSED, {
-            "error": "the daemon stopped before this run started"})
+        journal.finish_run(
+            record.id,
+            states.MISSED,
+            {"error": "the daemon stopped before this run started"},
+        )
         return None
     try:
         volume = parts.cloud.call(
-            parts.cloud.service.block_storage.get_volume, record.target)
+            parts.cloud.service.block_storage.get_volume, record.target
+        )
     except sdk_exceptions.NotFoundException:
-        journal.finish_run(record.id, states.FAILED, {
-            "error": "the volume was deleted while the run was "
-                     "interrupted; Cinder removed its snapshots with it"})
+        journal.finish_run(
+            record.id,
+            states.FAILED,
+            {
+                "error": "the volume was deleted while the run was "
+                "interrupted; Cinder removed its snapshots with it"
+            },
+        )
         return None
     target = discovery.target_of(volume, run.policy, run.policy.quiesce)
     ownership = record.attrs.get("ownership", run.policy.ownership.value)
-    conn = (parts.cloud.for_project(target.project_id)
-            if ownership == policy.Ownership.PROJECT.value
-            else parts.cloud.service)
+    conn = (
+        parts.cloud.for_project(target.project_id)
+        if ownership == policy.Ownership.PROJECT.value
+        else parts.cloud.service
+    )
     backup_step = _last(record, steps.BACKUP_CREATE)
     snapshot_step = _last(record, steps.SNAPSHOT_CREATE)
     details = backup_step.details if backup_step else {}
     job = Job(
-        target=target, run_id=record.id, conn=conn,
+        target=target,
+        run_id=record.id,
+        conn=conn,
         kind=details.get("kind", chains.FULL),
         kind_reason="resumed after a restart",
         expected_parent=details.get("expected_parent"),
@@ -90,31 +146,40 @@ def _job_for(parts: Parts, run: PolicyRun, record: RunRecord) -> Job | None:
     if snapshot_step is not None:
         job.snapshot_step = snapshot_step.id
         job.snapshot_id = snapshot_step.resource_id or _adopt(
-            parts, conn.block_storage.snapshots, snapshot_step, run)
+            parts, conn.block_storage.snapshots, snapshot_step, run
+        )
     if backup_step is None:
         job.outcome = run.job_outcome(
-            job, "error", "interrupted before the backup was requested; "
-            "the next scheduled run backs the volume up")
+            job,
+            "error",
+            "interrupted before the backup was requested; "
+            "the next scheduled run backs the volume up",
+        )
         return job
     job.backup_step = backup_step.id
     job.backup_id = backup_step.resource_id or _adopt(
-        parts, conn.block_storage.backups, backup_step, run)
+        parts, conn.block_storage.backups, backup_step, run
+    )
     if job.backup_id is None:
         job.outcome = run.job_outcome(
-            job, "error", "interrupted while requesting the backup; Cinder "
-            "never created it")
+            job,
+            "error",
+            "interrupted while requesting the backup; Cinder never created it",
+        )
     return job
 
 
-def _adopt(parts: Parts, listing, step: StepRecord,
-           run: PolicyRun) -> str | None:
+def _adopt(
+    parts: Parts, listing, step: StepRecord, run: PolicyRun
+) -> str | None:
     """Find what a step created when the journal missed its id.
 
     Everything a run creates carries the run's name and our owner mark.
     """
     name = resource_name(run.run_label)
-    for item in parts.cloud.call(lambda: list(listing(
-            details=True, volume_id=step.target, name=name))):
+    for item in parts.cloud.call(
+        lambda: list(listing(details=True, volume_id=step.target, name=name))
+    ):
         if tenant.is_ours(item.metadata or {}, parts.conf.deployment_id):
             parts.journal.set_step_resource(step.id, item.id)
             return item.id
@@ -145,9 +210,14 @@ def missed_runs(parts: Parts, now: datetime.datetime) -> dict[str, bool]:
             continue
         run = parts.journal.begin_run(name, "*", slot, project_id=None)
         if run.created:
-            parts.journal.finish_run(run.id, states.MISSED, {
-                "error": f"the daemon was down at {slot:%Y-%m-%d %H:%M} "
-                         f"UTC, {late:.0f} s ago, longer than "
-                         f"misfire_grace_time"})
+            parts.journal.finish_run(
+                run.id,
+                states.MISSED,
+                {
+                    "error": f"the daemon was down at {slot:%Y-%m-%d %H:%M} "
+                    f"UTC, {late:.0f} s ago, longer than "
+                    f"misfire_grace_time"
+                },
+            )
         due[name] = False
     return due

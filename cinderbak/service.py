@@ -11,9 +11,11 @@ from collections.abc import Iterable
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import discovery, journal, policy
+from cinderbak import consistency, discovery, journal, policy
 from cinderbak.cloud import Cloud
+from cinderbak.consistency import SourceSnapshotObserver
 from cinderbak.limits import Limiter
+from cinderbak.quiesce.base import Quiescer
 from cinderbak.summary import Outcome
 from cinderbak.workflow import PolicyRun, report_problem
 
@@ -29,8 +31,13 @@ class Parts:
     cloud: Cloud
     journal: journal.Journal
     limiter: Limiter
+    quiescer: Quiescer
+    observer: SourceSnapshotObserver | None
 
     def close(self) -> None:
+        self.quiescer.close()
+        if self.observer is not None:
+            self.observer.close()
         self.cloud.close()
         self.journal.close()
 
@@ -54,7 +61,15 @@ def build(conf: cfg.ConfigOpts) -> Parts:
         len(policies),
         ", ".join(sorted(policies)) or "-",
     )
-    return Parts(conf, policies, cloud, store, Limiter.from_conf(conf))
+    return Parts(
+        conf,
+        policies,
+        cloud,
+        store,
+        Limiter.from_conf(conf),
+        consistency.load(conf),
+        SourceSnapshotObserver.from_conf(conf),
+    )
 
 
 def run_once(
@@ -80,14 +95,8 @@ def run_once(
     outcomes: list[Outcome] = []
     for name in names:
         found = discovery.discover(parts.cloud, parts.policies, [name])
-        run = PolicyRun(
-            parts.conf,
-            parts.cloud,
-            parts.journal,
-            parts.limiter,
-            parts.policies[name],
-            scheduled_at,
-            stop=stop,
+        run = PolicyRun.for_parts(
+            parts, parts.policies[name], scheduled_at, stop=stop
         )
         outcomes.extend(run.execute(found))
     if audit:

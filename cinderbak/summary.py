@@ -16,6 +16,8 @@ COLUMNS = (
     "size_gb",
     "seconds",
     "consistency",
+    "group_id",
+    "freeze_seconds",
     "error",
     "notes",
 )
@@ -36,6 +38,8 @@ class Outcome:
     size_gb: int | None = None
     seconds: float | None = None
     consistency: str = ""
+    group_id: str | None = None
+    freeze_seconds: float | None = None
     error: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
 

@@ -10,10 +10,12 @@ was in flight. One volume's failure is that volume's outcome only.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 
 import openstack.connection
@@ -21,12 +23,21 @@ from openstack import exceptions as sdk_exceptions
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import backups, chains, tenant
+from cinderbak import backups, chains, consistency, tenant
 from cinderbak.cloud import Cloud, NoRoleInProject
+from cinderbak.consistency import SourceSnapshotObserver
 from cinderbak.discovery import Problem, Target
 from cinderbak.journal import Journal, states, steps
 from cinderbak.limits import Limiter
 from cinderbak.policy import Ownership, Policy, TransferMode
+from cinderbak.quiesce.base import (
+    Quiescer,
+    QuiesceRequiredError,
+    ServerRef,
+    ThawFailed,
+)
+from cinderbak.quiesce.noop import NoopQuiescer
+from cinderbak.quiesce.window import FreezeWindow, freeze_window
 from cinderbak.summary import Outcome
 
 LOG = logging.getLogger(__name__)
@@ -96,6 +107,8 @@ class Job:
     started: float = 0.0
     deadline: float = 0.0
     holds_slot: bool = False
+    group_id: str | None = None
+    freeze_seconds: float | None = None
     outcome: Outcome | None = None
 
 
@@ -113,8 +126,12 @@ class PolicyRun:
         *,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        quiescer: Quiescer | None = None,
+        observer: SourceSnapshotObserver | None = None,
     ) -> None:
         self.conf = conf
+        self.quiescer = quiescer or NoopQuiescer(conf)
+        self.observer = observer
         self.cloud = cloud
         self.journal = journal
         self.limiter = limiter
@@ -123,6 +140,27 @@ class PolicyRun:
         self.stop = stop or threading.Event()
         self.clock = clock
         self.run_label = f"{policy.name}@{scheduled_at:%Y-%m-%dT%H:%M:%SZ}"
+
+    @classmethod
+    def for_parts(
+        cls,
+        parts,
+        policy: Policy,
+        scheduled_at: datetime.datetime,
+        stop: threading.Event | None = None,
+    ) -> PolicyRun:
+        """Build a run from the parts every command shares."""
+        return cls(
+            parts.conf,
+            parts.cloud,
+            parts.journal,
+            parts.limiter,
+            policy,
+            scheduled_at,
+            stop=stop,
+            quiescer=parts.quiescer,
+            observer=parts.observer,
+        )
 
     # -- the run ---------------------------------------------------------
 
@@ -212,11 +250,6 @@ class PolicyRun:
                 f"volume status is {target.status}; backups "
                 "need available or in-use"
             )
-        if target.quiesce is tenant.QuiesceMode.REQUIRED:
-            return refuse(
-                "cinderbak:quiesce=required, but no guest "
-                "freeze is possible for this volume"
-            )
         try:
             conn = self._owner_connection(target)
             history = backups.history(
@@ -265,18 +298,199 @@ class PolicyRun:
         self, queued: list[Job], in_flight: list[Job]
     ) -> None:
         zone = self.policy.backup_availability_zone
-        for job in list(queued):
-            if not self.limiter.try_acquire(job.target.project_id, zone):
+        for group in consistency.group_by(list(queued), _freeze_key):
+            project = group[0].target.project_id
+            if not self.limiter.try_acquire(project, zone, len(group)):
                 continue
-            queued.remove(job)
-            job.holds_slot = True
-            job.started = self.clock()
-            self.journal.start_run(job.run_id)
-            in_flight.append(job)
-            if self.policy.transfer_mode is TransferMode.SNAPSHOT:
-                self._create_snapshot(job)
+            for job in group:
+                queued.remove(job)
+                job.holds_slot = True
+                job.started = self.clock()
+                self.journal.start_run(job.run_id)
+                in_flight.append(job)
+            if _freeze_key(group[0]) is None:
+                for job in group:
+                    job.notes.append(
+                        "not attached to a server: nothing to freeze"
+                    )
+                    self._request_copy(job)
             else:
-                self._create_backup(job)
+                self._start_group(group)
+
+    def _request_copy(self, job: Job) -> None:
+        """Ask Cinder for the point-in-time copy: snapshot or backup."""
+        if self.policy.transfer_mode is TransferMode.SNAPSHOT:
+            self._create_snapshot(job)
+        else:
+            self._create_backup(job)
+
+    def _start_group(self, group: list[Job]) -> None:
+        """One freeze for a server's volumes, all copies requested inside.
+
+        A copy is marked quiesced only when its point in time is known to
+        lie inside the freeze: the snapshot left ``creating``, or the Ceph
+        driver's source snapshot was seen, while the guest was frozen.
+        """
+        attachment = group[0].target.attachments[0]
+        server = ServerRef(attachment.server_id, attachment.host)
+        group_id = str(uuid.uuid4())
+        mode = _strictest(job.target.quiesce for job in group)
+        volume_mode = self.policy.transfer_mode is TransferMode.VOLUME
+        if volume_mode and self.observer is None:
+            if mode is tenant.QuiesceMode.REQUIRED:
+                for job in group:
+                    job.outcome = self.job_outcome(
+                        job,
+                        "error",
+                        "cinderbak:quiesce=required in "
+                        "transfer_mode=volume needs read-only access to the "
+                        "volume cluster ([volume_cluster] conf)",
+                    )
+                return
+            mode = tenant.QuiesceMode.OFF  # a freeze nobody can confirm
+        for job in group:
+            job.group_id = group_id
+        freeze_step: list[int] = []
+
+        def intent(ref: ServerRef) -> None:
+            freeze_step.append(
+                self.journal.begin_step(
+                    group[0].run_id,
+                    steps.FREEZE,
+                    target=ref.server_id,
+                    details={
+                        "host": ref.host,
+                        "group": group_id,
+                        "volumes": [j.target.volume_id for j in group],
+                    },
+                )
+            )
+
+        def thawed(ref: ServerRef, window: FreezeWindow) -> None:
+            if freeze_step:
+                self.journal.complete_step(
+                    freeze_step[0],
+                    details={
+                        "quiesced": window.quiesced,
+                        "error": window.error,
+                    },
+                )
+            thaw = self.journal.begin_step(
+                group[0].run_id,
+                steps.THAW,
+                target=ref.server_id,
+                details={"by_watchdog": window.thawed_by_watchdog},
+            )
+            self.journal.complete_step(
+                thaw, details={"freeze_seconds": window.duration}
+            )
+
+        try:
+            with freeze_window(
+                self.quiescer,
+                server,
+                max_freeze_seconds=self.policy.max_freeze_seconds,
+                mode=mode,
+                on_freeze_intent=intent,
+                on_thawed=thawed,
+            ) as window:
+                confirmed = self._copies_in_window(group, window)
+        except QuiesceRequiredError as exc:
+            for job in group:
+                job.outcome = self.job_outcome(
+                    job, "error", f"cinderbak:quiesce=required: {exc}"
+                )
+            return
+        except ThawFailed as exc:
+            LOG.error("server %s MAY STILL BE FROZEN: %s", server, exc)
+            for job in group:
+                job.notes.append(f"thaw failed, guest may be frozen: {exc}")
+            confirmed = set()
+        LOG.info(
+            "server %s: freeze window %s s for %d volumes (%s)",
+            server.server_id,
+            _seconds(window.duration),
+            len(group),
+            "quiesced" if confirmed else "crash-consistent",
+        )
+        for job in group:
+            job.freeze_seconds = window.duration
+            if window.error:
+                job.notes.append(f"not quiesced: {window.error}")
+            if job.target.volume_id in confirmed:
+                job.consistency = "quiesced"
+                if job.backup_id:
+                    self._remark(job)
+            elif window.quiesced:
+                job.notes.append(
+                    "copy not confirmed inside the freeze; marked crash"
+                )
+            if (
+                mode is tenant.QuiesceMode.OFF
+                and volume_mode
+                and (self.observer is None)
+            ):
+                job.notes.append(
+                    "no read-only access to the volume "
+                    "cluster ([volume_cluster] conf): "
+                    "volume-mode backups are crash-consistent"
+                )
+
+    def _copies_in_window(
+        self, group: list[Job], window: FreezeWindow
+    ) -> set[str]:
+        """Request every copy of the group in parallel; return the volume
+        ids whose point in time is confirmed inside the freeze."""
+        with concurrent.futures.ThreadPoolExecutor(len(group)) as pool:
+            list(pool.map(self._request_copy, group))
+        started = [j for j in group if j.outcome is None]
+        if not window.quiesced:
+            return set()
+        if self.policy.transfer_mode is TransferMode.SNAPSHOT:
+            return self._snapshots_done_while_frozen(started, window)
+        seen = self.observer.wait_for_sources(
+            [(j.target.volume_id, j.backup_id) for j in started],
+            window.is_frozen,
+        )
+        return {j.target.volume_id for j in started if j.backup_id in seen}
+
+    def _snapshots_done_while_frozen(
+        self, jobs: list[Job], window: FreezeWindow
+    ) -> set[str]:
+        pending = {j.snapshot_id: j for j in jobs}
+        done: set[str] = set()
+        while pending and window.is_frozen():
+            creating = backups.ids_in_status(
+                self.cloud, "snapshots", "creating"
+            )
+            if not window.is_frozen():
+                break
+            for snapshot_id in [s for s in pending if s not in creating]:
+                done.add(pending.pop(snapshot_id).target.volume_id)
+            if pending:
+                self.stop.wait(0.2)
+        return done
+
+    def _remark(self, job: Job) -> None:
+        """Record on a backup the consistency confirmed after creation.
+
+        Cinder replaces backup metadata on update, so the full set of our
+        marks (and anything a tenant added meanwhile) is written back.
+        """
+        try:
+            current = self.cloud.call(
+                job.conn.block_storage.get_backup, job.backup_id
+            )
+            metadata = dict(current.metadata or {}) | self._marks(job)
+            self.cloud.call(
+                job.conn.block_storage.put,
+                f"/backups/{job.backup_id}",
+                json={"backup": {"metadata": metadata}},
+                microversion="3.43",
+            ).raise_for_status()
+        except Exception as exc:  # the backup stays, marked crash
+            job.consistency = "crash"
+            job.notes.append(f"could not mark the backup quiesced: {exc}")
 
     def _marks(self, job: Job) -> dict[str, str]:
         return {
@@ -284,7 +498,7 @@ class PolicyRun:
             tenant.POLICY: self.policy.name,
             tenant.RUN: self.run_label,
             tenant.CONSISTENCY: job.consistency,
-        }
+        } | ({tenant.GROUP: job.group_id} if job.group_id else {})
 
     def _create_snapshot(self, job: Job) -> None:
         target = job.target
@@ -533,6 +747,8 @@ class PolicyRun:
         outcome.backup_id = job.backup_id
         outcome.seconds = round(self.clock() - job.started, 1)
         outcome.consistency = job.consistency
+        outcome.group_id = job.group_id
+        outcome.freeze_seconds = job.freeze_seconds
         outcome.notes = list(job.notes)
         if backup is not None:
             outcome.size_gb = backup.size
@@ -585,3 +801,27 @@ def report_problem(
         status="error",
         error=problem.error,
     )
+
+
+def _freeze_key(job: Job) -> tuple[str, str] | None:
+    """Volumes of one server under one policy share a freeze."""
+    target = job.target
+    if not target.attachments:
+        return None
+    return (target.project_id, target.attachments[0].server_id)
+
+
+_STRICTNESS = (
+    tenant.QuiesceMode.OFF,
+    tenant.QuiesceMode.PREFERRED,
+    tenant.QuiesceMode.REQUIRED,
+)
+
+
+def _strictest(modes: Iterable[tenant.QuiesceMode]) -> tenant.QuiesceMode:
+    """A group is frozen as its most demanding volume asks."""
+    return max(modes, key=_STRICTNESS.index)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
