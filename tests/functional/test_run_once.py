@@ -65,13 +65,9 @@ def _restore(conn, backup_id, cleanup):
     return volume_id
 
 
-def _attach_to_made_up_server(conn, volume_id: str) -> str:
-    """Make a volume in-use without Nova: a connector-less attachment.
-
-    Without a connector Cinder only reserves the volume and lets us
-    delete the attachment later without asking Nova.
-    """
-    server_id = str(uuid.uuid4())
+def attach_to_server(conn, volume_id: str, server_id: str) -> None:
+    """Make a volume in-use by a server without Nova: a connector-less
+    attachment, which Cinder lets us delete later without asking Nova."""
     response = conn.block_storage.post(
         "/attachments",
         json={
@@ -91,7 +87,6 @@ def _attach_to_made_up_server(conn, volume_id: str) -> str:
     ).raise_for_status()
     volume = conn.block_storage.get_volume(volume_id)
     assert volume.status == "in-use"
-    return server_id
 
 
 def test_project_mode_full_then_incremental_on_the_second_cluster(
@@ -165,7 +160,7 @@ def test_service_mode_hides_backups_from_the_tenant_in_use_volume(
         ownership = service
         """)
     volume = make_volume(alice, metadata={"cinderbak:policy": "vault"})
-    _attach_to_made_up_server(alice, volume.id)
+    attach_to_server(alice, volume.id, str(uuid.uuid4()))
     localstack.write_volume(stack, volume.id, 0, _pattern("vault", 4 * MIB))
 
     row = _row(cinderbak.run("run-once", "--policy", "vault"), volume.id)
@@ -192,7 +187,7 @@ def test_snapshot_mode_backs_up_in_use_volume_and_removes_snapshot(
         transfer_mode = snapshot
         """)
     volume = make_volume(alice, metadata={"cinderbak:policy": "snappy"})
-    _attach_to_made_up_server(alice, volume.id)
+    attach_to_server(alice, volume.id, str(uuid.uuid4()))
     localstack.write_volume(stack, volume.id, 0, _pattern("snap", 4 * MIB))
 
     row = _row(cinderbak.run("run-once", "--policy", "snappy"), volume.id)

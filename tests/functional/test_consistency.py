@@ -1,0 +1,195 @@
+"""A server's volumes frozen together, on the real stack.
+
+The guest is libvirt's real test driver (``test:///default``), opened
+in-process by both the run and the test, so the test sees the domain's
+frozen state; Cinder, Keystone and both Ceph clusters are real. The
+same driver against a real QEMU guest is in test_quiesce_guest.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+import textwrap
+import uuid
+
+import libvirt
+import pytest
+import rbd
+from oslo_config import cfg
+
+from cinderbak import opts, service
+from cinderbak.journal import Journal, steps
+from tests import localstack
+from tests.functional.test_run_once import attach_to_server
+
+# The one running domain of libvirt's test:///default driver.
+TEST_DOMAIN = "6695eb01-f6a4-8304-79aa-97f2502e193f"
+
+
+@pytest.fixture
+def guest():
+    """A connection that keeps test:///default's state alive; the domain
+    starts thawed and the test asserts it ends thawed."""
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    conn = libvirt.open("test:///default")
+    domain = conn.lookupByUUIDString(TEST_DOMAIN)
+    domain.fsThaw()
+    yield domain
+    conn.close()
+
+
+def _run(stack, tmp_path, transfer_mode: str, *, observer: bool = True):
+    """Run one policy in-process; return (outcomes, journal)."""
+    ceph_a = stack.ceph("a")
+    readonly = stack.readonly_user
+    path = tmp_path / "cinderbak.conf"
+    path.write_text(textwrap.dedent(f"""\
+        [DEFAULT]
+        deployment_id = ft-{uuid.uuid4().hex}
+        poll_interval = 1
+        state_path = {tmp_path}/state
+        [cloud]
+        cloud = localstack-cinderbak
+        [journal]
+        connection = sqlite:///{tmp_path}/journal.sqlite
+        [consistency]
+        quiescer = libvirt
+        [libvirt]
+        uri_template = test:///default
+        [limits]
+        max_in_flight = 6
+        max_in_flight_per_project = 6
+        [policy:app]
+        schedule = every 1h
+        transfer_mode = {transfer_mode}
+        """))
+    if observer:
+        with path.open("a") as config:
+            config.write(textwrap.dedent(f"""\
+                [volume_cluster]
+                conf = {ceph_a.conf}
+                user = {readonly.user}
+                keyring = {readonly.keyring}
+                pools = {ceph_a.pool}
+                """))
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    conf(args=[f"--config-file={path}"], project="cinderbak",
+         default_config_files=[])
+    parts = service.build(conf)
+    try:
+        outcomes = service.run_once(parts, ["app"], audit=False)
+    finally:
+        parts.close()
+    return outcomes, Journal.from_url(f"sqlite:///{tmp_path}/journal.sqlite")
+
+
+def _steps(journal: Journal, kind) -> list:
+    return [step for run in journal.runs(policy="app")
+            for step in journal.get_run(run.id).steps or ()
+            if step.kind == kind]
+
+
+def _server_volumes(alice, make_volume, server_id, count, **metadata):
+    volumes = [
+        make_volume(alice, metadata={"cinderbak:policy": "app", **metadata})
+        for _ in range(count)
+    ]
+    for volume in volumes:
+        attach_to_server(alice, volume.id, server_id)
+    return volumes
+
+
+@pytest.mark.parametrize("transfer_mode", ["snapshot", "volume"])
+def test_one_freeze_for_a_servers_three_volumes(
+    stack, alice, make_volume, tmp_path, guest, transfer_mode
+):
+    volumes = _server_volumes(alice, make_volume, TEST_DOMAIN, 3)
+
+    outcomes, journal = _run(stack, tmp_path, transfer_mode)
+
+    rows = {o.volume_id: o for o in outcomes}
+    assert set(rows) == {v.id for v in volumes}
+    assert all(o.status == "ok" for o in outcomes), outcomes
+    assert {o.consistency for o in outcomes} == {"quiesced"}, outcomes
+    assert len({o.group_id for o in outcomes}) == 1
+    for outcome in outcomes:
+        backup = alice.block_storage.get_backup(outcome.backup_id)
+        assert backup.metadata["cinderbak:consistency"] == "quiesced"
+        assert backup.metadata["cinderbak:group"] == outcome.group_id
+    freezes = _steps(journal, steps.FREEZE)
+    thaws = _steps(journal, steps.THAW)
+    assert len(freezes) == 1 and len(thaws) == 1
+    assert guest.fsThaw() == 0, "the guest was left frozen"
+    if transfer_mode == "volume":
+        frozen_at = freezes[0].created_at
+        thawed_at = thaws[0].created_at
+        for outcome in outcomes:
+            taken = _driver_snapshot_time(stack, outcome.volume_id,
+                                          outcome.backup_id)
+            assert frozen_at <= taken <= thawed_at, (frozen_at, taken,
+                                                     thawed_at)
+
+
+def _driver_snapshot_time(stack, volume_id, backup_id):
+    """When Cinder's Ceph driver snapshotted the volume for a backup."""
+    prefix = f"backup.{backup_id}.snap."
+    with localstack.ioctx(stack, "a") as ioctx, rbd.Image(
+        ioctx, f"volume-{volume_id}", read_only=True
+    ) as image:
+        for snap in image.list_snaps():
+            if snap["name"].startswith(prefix):
+                stamp = image.get_snap_timestamp(snap["id"])
+                return stamp.replace(tzinfo=datetime.UTC)
+    raise LookupError(prefix)
+
+
+def test_freeze_failure_preferred_gives_crash_consistent_backups(
+    stack, alice, make_volume, tmp_path
+):
+    missing = str(uuid.uuid4())  # no such domain
+    volumes = _server_volumes(alice, make_volume, missing, 2)
+
+    outcomes, _ = _run(stack, tmp_path, "snapshot")
+
+    assert {o.volume_id for o in outcomes} == {v.id for v in volumes}
+    for outcome in outcomes:
+        assert outcome.status == "ok", outcome
+        assert outcome.consistency == "crash"
+        assert any("not quiesced" in note and missing in note
+                   for note in outcome.notes), outcome.notes
+        backup = alice.block_storage.get_backup(outcome.backup_id)
+        assert backup.metadata["cinderbak:consistency"] == "crash"
+
+
+def test_freeze_failure_required_makes_no_backup(
+    stack, alice, make_volume, tmp_path
+):
+    missing = str(uuid.uuid4())
+    volumes = _server_volumes(alice, make_volume, missing, 2,
+                              **{"cinderbak:quiesce": "required"})
+
+    outcomes, _ = _run(stack, tmp_path, "snapshot")
+
+    for outcome in outcomes:
+        assert outcome.status == "error"
+        assert "cinderbak:quiesce=required" in outcome.error
+        assert missing in outcome.error
+        assert outcome.backup_id is None
+    for volume in volumes:
+        assert list(alice.block_storage.backups(volume_id=volume.id)) == []
+        assert list(alice.block_storage.snapshots(volume_id=volume.id)) == []
+
+
+def test_volume_mode_without_volume_cluster_access_says_crash(
+    stack, alice, make_volume, tmp_path, guest
+):
+    _server_volumes(alice, make_volume, TEST_DOMAIN, 1)
+
+    outcomes, _ = _run(stack, tmp_path, "volume", observer=False)
+
+    (outcome,) = outcomes
+    assert outcome.status == "ok"
+    assert outcome.consistency == "crash"
+    assert any("[volume_cluster]" in note for note in outcome.notes)
+    assert guest.fsThaw() == 0
