@@ -219,7 +219,13 @@ class Cloud:
         Raise CloudTooOld naming the required and the offered version.
         """
         data = self.call(self.service.block_storage.get_endpoint_data)
-        offered = tuple(data.max_microversion or (3, 0))[:2]
+        if data is None or data.max_microversion is None:
+            raise CloudTooOld(
+                "the Block Storage endpoint announced no microversions "
+                "(is cinder-api reachable at the catalog's URL?); "
+                "cinderbak needs at least {}.{}".format(*REQUIRED_MICROVERSION)
+            )
+        offered = tuple(data.max_microversion)[:2]
         if offered < REQUIRED_MICROVERSION:
             need = "{}.{}".format(*REQUIRED_MICROVERSION)
             have = "{}.{}".format(*offered)

@@ -513,6 +513,14 @@ def plan_policy(
 # -- deleting ----------------------------------------------------------
 
 
+# Cinder destroys a deleted backup before it lowers the parent's
+# dependent count: right after a child is gone, the parent may still say
+# it has dependents. Look again this many times, a poll interval apart.
+RECHECKS = 3
+
+_STARTED, _SETTLED, _LATER = "started", "settled", "later"
+
+
 @dataclasses.dataclass
 class _Queue:
     """One volume's deletions in a pass: strictly one after the other."""
@@ -522,6 +530,28 @@ class _Queue:
     current: str | None = None
     step: int | None = None
     deadline: float = 0.0
+    resume_at: float = 0.0  # no new deletion before this clock reading
+    deleted_any: bool = False
+    rechecks: int = 0
+
+    @classmethod
+    def of(cls, plan: VolumePlan) -> _Queue:
+        """The plan's deletions, failed backups first.
+
+        A failed backup of ours that the planner deletes has no dependents
+        (the planner keeps those), but Cinder still counts it as a child
+        of the parent it was started on and refuses to delete that parent
+        while it exists. Taking failed ones first keeps the order safe and
+        spares a refusal.
+        """
+        deletions = plan.plan.deletions
+        failed = [
+            d
+            for d in deletions
+            if plan.history[d.backup_id].status != "available"
+        ]
+        rest = [d for d in deletions if d not in failed]
+        return cls(plan, failed + rest)
 
 
 class _Deleter:
@@ -566,7 +596,7 @@ class _Deleter:
         self.run_id = run.id
         self.journal.start_run(run.id)
         try:
-            self._loop([_Queue(p, list(p.plan.deletions)) for p in plans])
+            self._loop([_Queue.of(p) for p in plans])
         except Exception as exc:
             self.journal.finish_run(
                 run.id, states.FAILED, {**self._summary(), "error": str(exc)}
@@ -598,15 +628,21 @@ class _Deleter:
             for queue in list(waiting):
                 if len(in_flight) >= limit:
                     break
+                if queue.resume_at > self.clock():
+                    continue
                 waiting.remove(queue)
                 if self._start_next(queue):
                     in_flight.append(queue)
-            if not in_flight:
-                continue  # whatever waits gets its turn at once
+                elif queue.pending:
+                    waiting.append(queue)  # looks again after a pause
+            if not (waiting or in_flight):
+                return
             if self.stop.wait(self.parts.conf.poll_interval):
                 for queue in waiting + in_flight:
                     self._give_up(queue, "stopping")
                 return
+            if not in_flight:
+                continue
             deleting = backups.ids_in_status(self.cloud, "backups", "deleting")
             for queue in list(in_flight):
                 if queue.current in deleting:
@@ -624,12 +660,22 @@ class _Deleter:
         """Start the queue's next deletion that passes the checks; return
         whether one is now in flight."""
         while queue.pending:
-            decision = queue.pending.pop(0)
-            if self._delete(queue, decision):
+            outcome = self._delete(queue, queue.pending[0])
+            if outcome == _LATER:
+                return False
+            queue.pending.pop(0)
+            queue.rechecks = 0
+            if outcome == _STARTED:
                 return True
         return False
 
-    def _delete(self, queue: _Queue, decision: retention.Decision) -> bool:
+    def _delete(self, queue: _Queue, decision: retention.Decision) -> str:
+        """Re-read the backup and, if it may go, ask Cinder to delete it.
+
+        Return _STARTED (in flight), _SETTLED (a result is recorded) or
+        _LATER (Cinder may not yet have counted a child we deleted as
+        gone: look again after a pause).
+        """
         plan = queue.plan
         backup_id = decision.backup_id
         storage = plan.conn.block_storage
@@ -637,12 +683,26 @@ class _Deleter:
             backup = self.cloud.call(storage.get_backup, backup_id)
         except sdk_exceptions.NotFoundException:
             self.results[backup_id] = ALREADY_GONE
-            return False
+            return _SETTLED
         except sdk_exceptions.SDKException as exc:
             self.results[backup_id] = f"{FAILED}: cannot re-read it: {exc}"
-            return False
+            return _SETTLED
         info = backups.to_info(backup, self.deployment_id)
         why_not = refusal(info, backup.volume_id, plan.volume_id)
+        if (
+            why_not
+            and queue.deleted_any
+            and queue.rechecks < RECHECKS
+            and refusal(
+                dataclasses.replace(info, has_dependent_backups=False),
+                backup.volume_id,
+                plan.volume_id,
+            )
+            is None
+        ):
+            queue.rechecks += 1
+            queue.resume_at = self.clock() + self.parts.conf.poll_interval
+            return _LATER
         if why_not:
             LOG.warning(
                 "policy %s: not deleting backup %s of volume %s: %s",
@@ -652,7 +712,7 @@ class _Deleter:
                 why_not,
             )
             self.results[backup_id] = f"{SKIPPED}: {why_not}"
-            return False
+            return _SETTLED
         step = self.journal.begin_step(
             self.run_id,
             steps.BACKUP_DELETE,
@@ -671,7 +731,7 @@ class _Deleter:
         except sdk_exceptions.NotFoundException:
             self.journal.complete_step(step, details={"note": ALREADY_GONE})
             self.results[backup_id] = ALREADY_GONE
-            return False
+            return _SETTLED
         except sdk_exceptions.SDKException as exc:
             # 400/409 (e.g. "Incremental backups exist for this backup"):
             # recorded and left to a later pass, never repeated here.
@@ -681,12 +741,12 @@ class _Deleter:
             LOG.error(
                 "policy %s: backup %s: %s", self.policy.name, backup_id, reason
             )
-            return False
+            return _SETTLED
         self.journal.set_step_resource(step, backup_id)
         queue.current = backup_id
         queue.step = step
         queue.deadline = self.clock() + self.options.delete_timeout
-        return True
+        return _STARTED
 
     def _settled(self, queue: _Queue) -> bool:
         """The backup is no longer listed as deleting: find out how it
@@ -699,6 +759,7 @@ class _Deleter:
         except sdk_exceptions.NotFoundException:
             self.journal.complete_step(step)
             self.results[backup_id] = DELETED
+            queue.deleted_any = True
             LOG.info(
                 "policy %s: deleted backup %s of volume %s",
                 self.policy.name,

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 
 import openstack.connection
+from keystoneauth1 import exceptions as ks_exceptions
 from openstack import exceptions as sdk_exceptions
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -205,7 +206,7 @@ class PolicyRun:
                 )
                 break
             if in_flight:
-                self._poll(in_flight)
+                self._poll_or_wait(in_flight)
             for job in [j for j in in_flight if j.outcome is not None]:
                 in_flight.remove(job)
                 self._finish(job)
@@ -573,6 +574,31 @@ class PolicyRun:
         job.deadline = self.clock() + self.policy.backup_timeout
 
     # -- polling ---------------------------------------------------------
+
+    def _poll_or_wait(self, in_flight: Sequence[Job]) -> None:
+        """Poll; if the API cannot be reached, try again next interval.
+
+        Jobs still time out on their own deadlines, so an API that stays
+        away ends the run with per-volume timeouts, not a crash; what is in
+        flight stays in the journal for recovery.
+        """
+        try:
+            self._poll(in_flight)
+        except (
+            sdk_exceptions.SDKException,
+            ks_exceptions.ClientException,
+        ) as exc:
+            LOG.warning(
+                "run %s: status poll failed (%s); trying again in %.1f s",
+                self.run_label,
+                exc,
+                self.conf.poll_interval,
+            )
+            for job in in_flight:
+                if job.outcome is None:
+                    self._check_deadline(
+                        job, "backup" if job.backup_id else "snapshot"
+                    )
 
     def _poll(self, in_flight: Sequence[Job]) -> None:
         """One list call per kind for all jobs; a GET only for those done."""

@@ -53,15 +53,18 @@ class Expire(Lister):
                     dry_run=parsed_args.dry_run,
                 )
             )
-        failed = [row for row in rows if row.failed]
-        done = sum(
-            row.result in (expiry.DELETED, expiry.ALREADY_GONE) for row in rows
-        )
-        verb = "would delete" if parsed_args.dry_run else "deleted"
-        self.app.stderr.write(
-            f"{len(rows)} decisions: {verb} "
-            f"{len(rows) - len(failed) if parsed_args.dry_run else done}, "
-            f"{len(failed)} failed\n"
-        )
+        failed = sum(row.failed for row in rows)
+        if parsed_args.dry_run:
+            summary = f"{len(rows) - failed} backups would be deleted"
+        else:
+            done = sum(
+                row.result in (expiry.DELETED, expiry.ALREADY_GONE)
+                for row in rows
+            )
+            skipped = sum(
+                row.result.startswith(expiry.SKIPPED) for row in rows
+            )
+            summary = f"{done} backups deleted, {skipped} skipped"
+        self.app.stderr.write(f"{summary}, {failed} failed\n")
         self.exit_code = 1 if failed else 0
         return expiry.EXPIRE_COLUMNS, [row.row() for row in rows]

@@ -17,7 +17,7 @@ import pytest
 import rbd
 from oslo_config import cfg
 
-from cinderbak import opts, service
+from cinderbak import opts, recovery, service
 from cinderbak.journal import Journal, steps
 from tests import localstack
 from tests.functional.test_run_once import attach_to_server
@@ -38,12 +38,13 @@ def guest():
     conn.close()
 
 
-def _run(stack, tmp_path, transfer_mode: str, *, observer: bool = True):
-    """Run one policy in-process; return (outcomes, journal)."""
+def _build(stack, tmp_path, transfer_mode: str, *, observer: bool = True):
+    """Configure and connect as the daemon would; return (conf, parts)."""
     ceph_a = stack.ceph("a")
     readonly = stack.readonly_user
     path = tmp_path / "cinderbak.conf"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         [DEFAULT]
         deployment_id = ft-{uuid.uuid4().hex}
         poll_interval = 1
@@ -62,21 +63,32 @@ def _run(stack, tmp_path, transfer_mode: str, *, observer: bool = True):
         [policy:app]
         schedule = every 1h
         transfer_mode = {transfer_mode}
-        """))
+        """)
+    )
     if observer:
         with path.open("a") as config:
-            config.write(textwrap.dedent(f"""\
+            config.write(
+                textwrap.dedent(f"""\
                 [volume_cluster]
                 conf = {ceph_a.conf}
                 user = {readonly.user}
                 keyring = {readonly.keyring}
                 pools = {ceph_a.pool}
-                """))
+                """)
+            )
     conf = cfg.ConfigOpts()
     opts.register_opts(conf)
-    conf(args=[f"--config-file={path}"], project="cinderbak",
-         default_config_files=[])
-    parts = service.build(conf)
+    conf(
+        args=[f"--config-file={path}"],
+        project="cinderbak",
+        default_config_files=[],
+    )
+    return conf, service.build(conf)
+
+
+def _run(stack, tmp_path, transfer_mode: str, *, observer: bool = True):
+    """Run one policy in-process; return (outcomes, journal)."""
+    _, parts = _build(stack, tmp_path, transfer_mode, observer=observer)
     try:
         outcomes = service.run_once(parts, ["app"], audit=False)
     finally:
@@ -85,9 +97,12 @@ def _run(stack, tmp_path, transfer_mode: str, *, observer: bool = True):
 
 
 def _steps(journal: Journal, kind) -> list:
-    return [step for run in journal.runs(policy="app")
-            for step in journal.get_run(run.id).steps or ()
-            if step.kind == kind]
+    return [
+        step
+        for run in journal.runs(policy="app")
+        for step in journal.get_run(run.id).steps or ()
+        if step.kind == kind
+    ]
 
 
 def _server_volumes(alice, make_volume, server_id, count, **metadata):
@@ -125,18 +140,23 @@ def test_one_freeze_for_a_servers_three_volumes(
         frozen_at = freezes[0].created_at
         thawed_at = thaws[0].created_at
         for outcome in outcomes:
-            taken = _driver_snapshot_time(stack, outcome.volume_id,
-                                          outcome.backup_id)
-            assert frozen_at <= taken <= thawed_at, (frozen_at, taken,
-                                                     thawed_at)
+            taken = _driver_snapshot_time(
+                stack, outcome.volume_id, outcome.backup_id
+            )
+            assert frozen_at <= taken <= thawed_at, (
+                frozen_at,
+                taken,
+                thawed_at,
+            )
 
 
 def _driver_snapshot_time(stack, volume_id, backup_id):
     """When Cinder's Ceph driver snapshotted the volume for a backup."""
     prefix = f"backup.{backup_id}.snap."
-    with localstack.ioctx(stack, "a") as ioctx, rbd.Image(
-        ioctx, f"volume-{volume_id}", read_only=True
-    ) as image:
+    with (
+        localstack.ioctx(stack, "a") as ioctx,
+        rbd.Image(ioctx, f"volume-{volume_id}", read_only=True) as image,
+    ):
         for snap in image.list_snaps():
             if snap["name"].startswith(prefix):
                 stamp = image.get_snap_timestamp(snap["id"])
@@ -156,8 +176,10 @@ def test_freeze_failure_preferred_gives_crash_consistent_backups(
     for outcome in outcomes:
         assert outcome.status == "ok", outcome
         assert outcome.consistency == "crash"
-        assert any("not quiesced" in note and missing in note
-                   for note in outcome.notes), outcome.notes
+        assert any(
+            "not quiesced" in note and missing in note
+            for note in outcome.notes
+        ), outcome.notes
         backup = alice.block_storage.get_backup(outcome.backup_id)
         assert backup.metadata["cinderbak:consistency"] == "crash"
 
@@ -166,8 +188,9 @@ def test_freeze_failure_required_makes_no_backup(
     stack, alice, make_volume, tmp_path
 ):
     missing = str(uuid.uuid4())
-    volumes = _server_volumes(alice, make_volume, missing, 2,
-                              **{"cinderbak:quiesce": "required"})
+    volumes = _server_volumes(
+        alice, make_volume, missing, 2, **{"cinderbak:quiesce": "required"}
+    )
 
     outcomes, _ = _run(stack, tmp_path, "snapshot")
 
@@ -193,3 +216,32 @@ def test_volume_mode_without_volume_cluster_access_says_crash(
     assert outcome.consistency == "crash"
     assert any("[volume_cluster]" in note for note in outcome.notes)
     assert guest.fsThaw() == 0
+
+
+def test_start_up_thaws_a_guest_left_frozen_by_a_killed_daemon(
+    stack, tmp_path, guest
+):
+    """What kill -9 inside a freeze window leaves: a freeze step with no
+    thaw in the journal, and a frozen guest. Start-up recovery thaws it."""
+    journal = Journal.from_url(f"sqlite:///{tmp_path}/journal.sqlite")
+    journal.upgrade()
+    run = journal.begin_run(
+        "app",
+        "volume-x",
+        datetime.datetime.now(datetime.UTC),
+        project_id=None,
+    )
+    journal.start_run(run.id)
+    journal.begin_step(
+        run.id, steps.FREEZE, target=TEST_DOMAIN, details={"host": None}
+    )
+    assert guest.fsFreeze() == 2
+
+    conf, parts = _build(stack, tmp_path, "snapshot")
+    try:
+        assert recovery.thaw_left_frozen(parts) == 1
+        assert recovery.thaw_left_frozen(parts) == 0  # settled
+    finally:
+        parts.close()
+    assert guest.fsThaw() == 0, "recovery did not thaw the guest"
+    assert journal.frozen_servers() == []

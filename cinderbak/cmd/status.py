@@ -1,0 +1,206 @@
+"""``cinderbak status``: what the daemon is doing, from the journal alone.
+
+Reads the journal the daemon writes and the policies of the config file;
+it never talks to the cloud, so it answers when the cloud does not.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import sqlalchemy as sa
+from cliff.lister import Lister
+from oslo_config import cfg
+
+from cinderbak import journal, policy, scheduler
+from cinderbak.journal import Journal, RunRecord, StepRecord
+
+POLICY_COLUMNS = (
+    "policy",
+    "schedule",
+    "next_run",
+    "last_slot",
+    "last_state",
+    "last_summary",
+    "last_finished",
+    "in_flight",
+    "volumes_backed_up",
+)
+VOLUME_COLUMNS = (
+    "volume_id",
+    "policy",
+    "last_backup_id",
+    "last_backup_kind",
+    "last_backup_at",
+    "last_run_slot",
+    "last_run_state",
+    "last_error",
+)
+
+
+def when(value: datetime.datetime | None) -> str:
+    """Return an aware time as '2024-05-01T03:00:00Z' ('' for None)."""
+    if value is None:
+        return ""
+    return f"{value.astimezone(datetime.UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def open_journal(conf: cfg.ConfigOpts) -> Journal | None:
+    """Open the daemon's journal to read it; None when there is none yet.
+
+    A SQLite file that does not exist is not created, and nothing is
+    upgraded: reading must not change what the daemon owns.
+    """
+    journal.register_opts(conf)
+    url = sa.make_url(conf.journal.connection)
+    if url.get_backend_name() == "sqlite" and not os.path.exists(
+        url.database or ""
+    ):
+        return None
+    store = Journal(conf)
+    if store.schema_revision() is None:
+        store.close()
+        return None
+    return store
+
+
+def configured_policies(app) -> dict[str, policy.Policy]:
+    """The config file's policies; on a bad one, say so and use none."""
+    try:
+        return policy.load_policies(app.conf)
+    except policy.PolicyConfigError as exc:
+        app.stderr.write(f"warning: {exc}; showing the journal only\n")
+        return {}
+
+
+class _JournalLister(Lister):
+    """A lister over the journal; no rows when it does not exist yet."""
+
+    def column_names(self, parsed_args) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def rows(self, store: Journal, parsed_args):
+        raise NotImplementedError
+
+    def take_action(self, parsed_args):
+        columns = self.column_names(parsed_args)
+        store = open_journal(self.app.conf)
+        if store is None:
+            # Not the URL: it may hold the database password.
+            self.app.stderr.write(
+                "no journal yet: the daemon never ran with this "
+                "configuration\n"
+            )
+            return columns, []
+        try:
+            return columns, list(self.rows(store, parsed_args))
+        finally:
+            store.close()
+
+
+class Status(_JournalLister):
+    """Show each policy's schedule, last and next run, and work in flight.
+
+    With --volumes, one row per volume instead: its last backup and the
+    result of its last run.
+    """
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            "--volumes",
+            action="store_true",
+            help="one row per volume: last backup and last run result",
+        )
+        parser.add_argument(
+            "--policy",
+            metavar="NAME",
+            help="only this policy",
+        )
+        return parser
+
+    def column_names(self, parsed_args) -> tuple[str, ...]:
+        return VOLUME_COLUMNS if parsed_args.volumes else POLICY_COLUMNS
+
+    def rows(self, store: Journal, parsed_args):
+        configured = configured_policies(self.app)
+        slots = store.last_run_per_policy()
+        names = sorted(configured.keys() | slots.keys())
+        if parsed_args.policy:
+            names = [n for n in names if n == parsed_args.policy]
+        if parsed_args.volumes:
+            for name in names:
+                yield from self._volume_rows(store, name)
+            return
+        now = datetime.datetime.now(datetime.UTC)
+        in_flight: dict[str, int] = {}
+        for run in store.in_flight():
+            if run.target != scheduler.POLICY_TARGET:
+                in_flight[run.policy] = in_flight.get(run.policy, 0) + 1
+        for name in names:
+            known = configured.get(name)
+            yield self._policy_row(
+                store, name, known, slots.get(name), in_flight, now
+            )
+
+    def _policy_row(self, store, name, known, slot, in_flight, now):
+        last = store.runs(policy=name, target=scheduler.POLICY_TARGET, limit=1)
+        if last:
+            state = str(last[0].state)
+            summary = scheduler.summary_text(last[0].summary)
+            last_slot, finished = last[0].scheduled_at, last[0].finished_at
+        elif slot is not None:
+            # Runs without a policy-level record (cinderbak run-once).
+            state = ", ".join(
+                f"{s}={n}" for s, n in sorted(slot.states.items())
+            )
+            summary = ""
+            last_slot, finished = slot.scheduled_at, slot.last_finished_at
+        else:
+            state = summary = ""
+            last_slot = finished = None
+        return (
+            name,
+            known.schedule.text if known else "(not configured)",
+            when(scheduler.next_run(known, now)) if known else "",
+            when(last_slot),
+            state,
+            summary,
+            when(finished),
+            in_flight.get(name, 0),
+            len(store.last_backup_per_target(policy=name)),
+        )
+
+    def _volume_rows(self, store: Journal, name: str):
+        backups = store.last_backup_per_target(policy=name)
+        latest: dict[str, RunRecord] = {}
+        window = 4 * len(backups) + 200
+        for run in store.runs(policy=name, limit=window):
+            if run.target != scheduler.POLICY_TARGET:
+                latest.setdefault(run.target, run)
+        for volume_id, step in backups.items():
+            if volume_id not in latest:
+                latest[volume_id] = store.get_run(step.run_id)
+        for volume_id in sorted(latest):
+            run = latest[volume_id]
+            step = backups.get(volume_id)
+            yield (
+                volume_id,
+                name,
+                step.resource_id if step else "",
+                _kind(step),
+                when(step.finished_at) if step else "",
+                when(run.scheduled_at),
+                str(run.state),
+                (run.summary or {}).get("error") or "",
+            )
+
+
+def _kind(step: StepRecord | None) -> str:
+    if step is None:
+        return ""
+    incremental = step.details.get("is_incremental")
+    if incremental is None:
+        return str(step.details.get("kind", ""))
+    return "incremental" if incremental else "full"
