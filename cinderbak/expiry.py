@@ -184,7 +184,9 @@ class VolumePlan:
     def row(self, decision: retention.Decision, result: str = "") -> ExpiryRow:
         info = self.history[decision.backup_id]
         reasons = list(decision.reasons)
-        if not self.volume_exists:
+        if not self.volume_exists and not any(
+            "volume deleted" in reason for reason in reasons
+        ):
             reasons.append("volume deleted")
         return ExpiryRow(
             policy=self.policy.name,
@@ -434,8 +436,6 @@ class _Reader:
             }
             parents = _recorded_parents(self.parts.journal, ours)
             for volume_id in sorted(by_volume):
-                if volume_ids and volume_id not in volume_ids:
-                    continue
                 items = by_volume[volume_id]
                 if not any(b.id in ours for b in items):
                     continue
@@ -473,6 +473,8 @@ class _Reader:
                     )
                     continue
                 budget -= len(result.deletions)
+                if volume_ids and volume_id not in volume_ids:
+                    continue  # planned all the same: it used the budget
                 plans.append(
                     VolumePlan(
                         policy=self.policy,
@@ -496,11 +498,13 @@ def plan_policy(
     volume_ids: Collection[str] | None = None,
 ) -> tuple[list[VolumePlan], list[ExpiryRow]]:
     """Given a policy, return the plan of every volume it covers that has
-    backups of ours (limited to ``volume_ids`` when given), and rows for
-    the projects or volumes that could not be planned.
+    backups of ours, and rows for the projects or volumes that could not
+    be planned.
 
     ``max_deletions`` (default ``[expiry] max_deletions_per_pass``) bounds
-    the deletions over all volumes; later volumes get what is left.
+    the deletions over all volumes; later volumes (by project, then
+    volume id) get what is left. ``volume_ids`` limits what is returned,
+    not what is planned, so each plan is the one a pass would carry out.
     Reads only: nothing is changed.
     """
     if max_deletions is None:

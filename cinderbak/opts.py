@@ -14,6 +14,7 @@ from oslo_config import cfg
 from cinderbak import (
     cloud,
     consistency,
+    expiry,
     journal,
     limits,
     logs,
@@ -29,6 +30,7 @@ _MODULES = (
     cloud,
     limits,
     journal,
+    expiry,
     consistency,
     libvirt_quiescer,
     policy,

@@ -71,6 +71,27 @@ POLICY_OPTS = [
         "last, within, hourly, daily, weekly, monthly, yearly, e.g. "
         "'last=7, daily=14, weekly=8, monthly=12'.",
     ),
+    cfg.IntOpt(
+        "error_grace_hours",
+        default=24,
+        min=0,
+        help="A backup of ours that ended in error is deleted by expiry "
+        "once it is this many hours old (kept meanwhile for diagnosis).",
+    ),
+    cfg.IntOpt(
+        "orphan_keep_last",
+        default=1,
+        min=1,
+        help="When a volume was deleted by its tenant, keep at least this "
+        "many of its newest backups ...",
+    ),
+    cfg.IntOpt(
+        "orphan_keep_days",
+        default=30,
+        min=0,
+        help="... for this many days after its newest backup; the newest "
+        "successful backup is never deleted by expiry.",
+    ),
     cfg.StrOpt(
         "full_every",
         default="6, 7d",
@@ -347,7 +368,14 @@ def parse_policy(name: str, values: Mapping[str, object]) -> Policy:
         schedule=parsed("schedule", parse_schedule),
         jitter=int(values.get("jitter") or 0),
         misfire_grace_time=int(values.get("misfire_grace_time") or 3600),
-        retention=parsed("retention", retention.parse_retention),
+        retention=dataclasses.replace(
+            parsed("retention", retention.parse_retention),
+            error_grace=datetime.timedelta(
+                hours=int(values.get("error_grace_hours", 24))
+            ),
+            orphan_keep_last=int(values.get("orphan_keep_last") or 1),
+            orphan_keep_days=int(values.get("orphan_keep_days", 30)),
+        ),
         full_every=parsed("full_every", chains.parse_full_every),
         transfer_mode=TransferMode(values.get("transfer_mode", "volume")),
         ownership=Ownership(values.get("ownership", "project")),

@@ -187,13 +187,14 @@ def slot_state(summary: Mapping[str, Any]) -> states.RunState:
 
 
 def summary_text(summary: Mapping[str, Any] | None) -> str:
-    """Given a policy-level summary, return 'ok=3 failed=1 ...'."""
+    """Given a policy-level summary, return 'ok=3 failed=1 ...: note'."""
     if not summary:
         return ""
     keys = ("ok", "failed", "skipped", "interrupted")
     text = " ".join(f"{key}={summary[key]}" for key in keys if key in summary)
-    if summary.get("error"):
-        text = f"{text}: {summary['error']}" if text else summary["error"]
+    remark = summary.get("error") or summary.get("note")
+    if remark:
+        text = f"{text}: {remark}" if text else remark
     return text
 
 
@@ -687,7 +688,7 @@ class Daemon:
             and r.target != POLICY_TARGET
         ]
         summary = summary_from_states(r.state for r in runs)
-        summary["error"] = (
+        summary["note"] = (
             "the daemon stopped during this run; start-up recovery "
             "finished its volumes' runs"
         )

@@ -80,17 +80,19 @@ def notify(
 
     Return True if it was sent, False when not under systemd or when
     sending failed (logged, never raised: a lost status line must not
-    stop a backup).
+    stop a backup). Never waits: when the receiver's queue is full the
+    message is dropped, rather than a backup run blocking on it.
     """
     address = notify_address(environ)
     if address is None:
         return False
     try:
         with socket.socket(
-            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+            socket.AF_UNIX,
+            socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
         ) as sock:
             sock.connect(address)
-            sock.sendall(message(*items, status=status))
+            sock.send(message(*items, status=status))
     except OSError as exc:
         LOG.warning("could not notify systemd (%s): %s", address, exc)
         return False

@@ -14,6 +14,7 @@ and needs no loop that sleeps.
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import logging as std_logging
 import os
@@ -62,6 +63,9 @@ def reread_policies(argv: Sequence[str]) -> dict[str, policy.Policy]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    # SIGUSR1 prints every thread's stack to stderr: what a hung run waits
+    # for, without stopping anything.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     conf = cfg.CONF
     try:
         configure(conf, argv)
