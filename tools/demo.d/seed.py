@@ -48,8 +48,10 @@ def cluster(letter: str) -> rados.Rados:
     return rados.Rados(
         conffile=ceph["conf"],
         rados_id="admin",
-        conf={"keyring": ceph["admin"]["keyring"],
-              "client_mount_timeout": "10"},
+        conf={
+            "keyring": ceph["admin"]["keyring"],
+            "client_mount_timeout": "10",
+        },
     )
 
 
