@@ -19,6 +19,7 @@ from cinderbak import (
     limits,
     logs,
     policy,
+    scheduler,
     workflow,
 )
 from cinderbak.quiesce import libvirt as libvirt_quiescer
@@ -33,6 +34,7 @@ _MODULES = (
     expiry,
     consistency,
     libvirt_quiescer,
+    scheduler,
     policy,
 )
 

@@ -18,8 +18,14 @@ import threading
 from openstack import exceptions as sdk_exceptions
 from oslo_log import log as logging
 
-from cinderbak import chains, discovery, policy, tenant
-from cinderbak.journal import RunRecord, StepRecord, states, steps
+from cinderbak import backups, chains, discovery, policy, tenant
+from cinderbak.journal import (
+    InvalidTransition,
+    RunRecord,
+    StepRecord,
+    states,
+    steps,
+)
 from cinderbak.quiesce.base import QuiesceError, ServerRef
 from cinderbak.service import Parts
 from cinderbak.summary import Outcome
@@ -64,9 +70,50 @@ def thaw_left_frozen(parts: Parts) -> int:
     return thawed
 
 
+def finish_snapshot_deletions(
+    parts: Parts, stop: threading.Event, timeout: float = 600
+) -> int:
+    """Delete temporary snapshots whose deletion is still open; return how
+    many are gone now.
+
+    A snapshot stuck in ``creating`` (volume service down) cannot be
+    deleted when its run ends; once the service is back it can. The
+    service user does it: it may act in every project.
+    """
+    done = 0
+    for step in parts.journal.open_steps(kind=steps.SNAPSHOT_DELETE):
+        if step.resource_id is None:
+            continue
+        try:
+            backups.delete_snapshot_when_free(
+                parts.cloud,
+                parts.cloud.service,
+                step.resource_id,
+                timeout=timeout,
+                stop=stop,
+            )
+        except (sdk_exceptions.SDKException, TimeoutError) as exc:
+            LOG.warning(
+                "recovery: snapshot %s not deleted yet: %s",
+                step.resource_id,
+                exc,
+            )
+            continue
+        try:
+            parts.journal.complete_step(step.id)
+        except InvalidTransition:
+            continue  # the run that owns it finished the deletion itself
+        LOG.info(
+            "recovery: deleted leaked temporary snapshot %s", step.resource_id
+        )
+        done += 1
+    return done
+
+
 def recover(parts: Parts, stop: threading.Event) -> list[Outcome]:
     """Settle every unfinished run of this host; return their outcomes."""
     thaw_left_frozen(parts)
+    finish_snapshot_deletions(parts, stop)
     by_policy: dict[str, list[RunRecord]] = collections.defaultdict(list)
     for record in parts.journal.unfinished_runs():
         by_policy[record.policy].append(record)

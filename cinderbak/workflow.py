@@ -194,7 +194,7 @@ class PolicyRun:
             in_flight.remove(job)
             self._finish(job)
             outcomes.append(job.outcome)
-        while queued or in_flight:
+        while (queued or in_flight) and not self.stop.is_set():
             self._start_what_limits_allow(queued, in_flight)
             if not in_flight and not queued:
                 break
@@ -703,7 +703,11 @@ class PolicyRun:
         self.journal.complete_step(step)
 
     def _delete_snapshot(self, job: Job) -> None:
-        """Remove the temporary snapshot, whatever became of the backup."""
+        """Remove the temporary snapshot, whatever became of the backup.
+
+        A deletion that cannot finish now (the volume service is down, the
+        snapshot still busy) stays an open step: recovery finishes it.
+        """
         step = self.journal.begin_step(
             job.run_id,
             steps.SNAPSHOT_DELETE,
@@ -720,10 +724,14 @@ class PolicyRun:
                 stop=self.stop,
             )
         except (sdk_exceptions.SDKException, TimeoutError) as exc:
-            self.journal.fail_step(step, str(exc))
+            LOG.warning(
+                "temporary snapshot %s not deleted yet: %s; recovery retries",
+                job.snapshot_id,
+                exc,
+            )
             job.notes.append(
-                f"temporary snapshot {job.snapshot_id} not "
-                f"yet deleted ({exc}); retried at next start"
+                f"temporary snapshot {job.snapshot_id} not yet deleted "
+                f"({exc}); retried by recovery"
             )
             return
         self.journal.complete_step(step)

@@ -2,7 +2,8 @@
 
 Exit codes: 0 after a clean stop; 2 for a configuration the daemon
 cannot run with (nothing was started; systemd should not retry); 1 for
-anything else, including a stop that ran out of ``shutdown_timeout``.
+anything else (the cloud unreachable or too old at start-up, a crash, a
+stop that ran out of ``shutdown_timeout``).
 
 Signals are not handled by a handler: SIGTERM, SIGINT and SIGHUP are
 blocked before any thread exists (threads inherit the block) and the main
@@ -43,7 +44,12 @@ def configure(conf: cfg.ConfigOpts, argv: Sequence[str]) -> cfg.ConfigOpts:
     # Registered here too until opts.py lists the module; registering
     # the same options twice is harmless.
     scheduler.register_opts(conf)
-    conf(args=list(argv), project="cinderbak", version=version_string())
+    conf(
+        args=list(argv),
+        project="cinderbak",
+        prog="cinderbak-daemon",
+        version=version_string(),
+    )
     return conf
 
 
@@ -75,14 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(conf)
     try:
         parts = service.build(conf)
-    except (
-        policy.PolicyConfigError,
-        cfg.Error,
-        CloudTooOld,
-        ValueError,
-    ) as exc:
+    except (policy.PolicyConfigError, cfg.Error, ValueError) as exc:
         LOG.error("cannot start: %s", exc)
         return EXIT_CONFIG
+    except CloudTooOld as exc:
+        # Also what an unreachable cinder-api looks like (no versions
+        # announced): worth a restart by systemd, so not EXIT_CONFIG.
+        LOG.error("cannot start: %s", exc)
+        return EXIT_FAILURE
     except Exception:
         LOG.exception("cannot start")
         return EXIT_FAILURE
