@@ -745,6 +745,7 @@ class PolicyRun:
         timed_out = job.outcome.status == "timeout"
         if job.snapshot_id and not (timed_out and job.backup_id):
             self._delete_snapshot(job)
+            job.outcome.notes = list(job.notes)
         state = {"ok": states.SUCCEEDED, "timeout": states.TIMED_OUT}.get(
             job.outcome.status, states.FAILED
         )

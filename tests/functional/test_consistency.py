@@ -9,7 +9,11 @@ same driver against a real QEMU guest is in test_quiesce_guest.py.
 from __future__ import annotations
 
 import datetime
+import os
+import pathlib
+import signal
 import textwrap
+import threading
 import uuid
 
 import libvirt
@@ -38,7 +42,9 @@ def guest():
     conn.close()
 
 
-def _build(stack, tmp_path, transfer_mode: str, *, observer: bool = True):
+def _build(
+    stack, tmp_path, transfer_mode: str, *, observer: bool = True, extra=""
+):
     """Configure and connect as the daemon would; return (conf, parts)."""
     ceph_a = stack.ceph("a")
     readonly = stack.readonly_user
@@ -64,6 +70,7 @@ def _build(stack, tmp_path, transfer_mode: str, *, observer: bool = True):
         schedule = every 1h
         transfer_mode = {transfer_mode}
         """)
+        + textwrap.dedent(extra)
     )
     if observer:
         with path.open("a") as config:
@@ -86,9 +93,13 @@ def _build(stack, tmp_path, transfer_mode: str, *, observer: bool = True):
     return conf, service.build(conf)
 
 
-def _run(stack, tmp_path, transfer_mode: str, *, observer: bool = True):
+def _run(
+    stack, tmp_path, transfer_mode: str, *, observer: bool = True, extra=""
+):
     """Run one policy in-process; return (outcomes, journal)."""
-    _, parts = _build(stack, tmp_path, transfer_mode, observer=observer)
+    _, parts = _build(
+        stack, tmp_path, transfer_mode, observer=observer, extra=extra
+    )
     try:
         outcomes = service.run_once(parts, ["app"], audit=False)
     finally:
@@ -245,3 +256,44 @@ def test_start_up_thaws_a_guest_left_frozen_by_a_killed_daemon(
         parts.close()
     assert guest.fsThaw() == 0, "recovery did not thaw the guest"
     assert journal.frozen_servers() == []
+
+
+def test_hung_snapshot_guest_thawed_by_watchdog_snapshot_cleaned_later(
+    stack, alice, make_volume, tmp_path, guest
+):
+    """cinder-volume paused: the snapshot never leaves creating."""
+    (volume,) = _server_volumes(alice, make_volume, TEST_DOMAIN, 1)
+    volume_service = int(
+        pathlib.Path(stack.raw["pid_files"]["cinder-volume"]).read_text()
+    )
+    os.killpg(volume_service, signal.SIGSTOP)
+    try:
+        outcomes, journal = _run(
+            stack,
+            tmp_path,
+            "snapshot",
+            extra="max_freeze_seconds = 2\nsnapshot_timeout = 10\n",
+        )
+    finally:
+        os.killpg(volume_service, signal.SIGCONT)
+
+    (outcome,) = outcomes
+    assert outcome.status == "timeout", outcome
+    (freeze,) = _steps(journal, steps.FREEZE)
+    (thaw,) = _steps(journal, steps.THAW)
+    assert thaw.details["by_watchdog"] is True
+    held = (thaw.created_at - freeze.created_at).total_seconds()
+    assert held < 2 + 1.5, held
+    assert guest.fsThaw() == 0, "the guest was left frozen"
+    assert any("not yet deleted" in note for note in outcome.notes)
+    # The volume service is back: recovery deletes the leaked snapshot.
+    _, parts = _build(stack, tmp_path, "snapshot")
+    try:
+        deleted = recovery.finish_snapshot_deletions(
+            parts, threading.Event(), timeout=180
+        )
+    finally:
+        parts.close()
+    assert deleted == 1
+    assert list(alice.block_storage.snapshots(volume_id=volume.id)) == []
+    assert journal.open_steps(kind=steps.SNAPSHOT_DELETE) == []
