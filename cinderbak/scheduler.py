@@ -39,7 +39,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import discovery, recovery, systemd
+from cinderbak import discovery, expiry, recovery, systemd
 from cinderbak.journal import (
     InvalidTransition,
     Journal,
@@ -84,6 +84,21 @@ OPTS = [
         "Turn off only to inspect the journal by hand first: those runs "
         "then stay in flight and their slots are not repeated.",
     ),
+    cfg.BoolOpt(
+        "expire_after_run",
+        default=True,
+        help="Expire a policy's backups by its retention right after each "
+        "of its runs, so a new backup and the one it supersedes never "
+        "both count against a tenant's quota for long.",
+    ),
+    cfg.IntOpt(
+        "expiry_interval",
+        default=6 * 3600,
+        min=0,
+        help="Seconds between two expiry passes over every policy, on top "
+        "of the pass after each run: it catches deletions Cinder refused "
+        "earlier and backups of volumes deleted since. 0 disables it.",
+    ),
     cfg.IntOpt(
         "prune_interval",
         default=86400,
@@ -98,6 +113,7 @@ POLICY_TARGET = "*"
 
 AUDIT_JOB = "cinderbak:audit"
 PRUNE_JOB = "cinderbak:prune"
+EXPIRY_JOB = "cinderbak:expiry"
 HEARTBEAT_JOB = "cinderbak:heartbeat"
 CATCH_UP_SUFFIX = "@catch-up"
 """Job ids: a policy's job is its name. Policy names cannot contain ':'
@@ -135,6 +151,14 @@ def next_run(
     """Given a policy and the time, return its next nominal fire time
     after ``now`` (jitter may add up to ``policy.jitter`` seconds)."""
     return policy.schedule.trigger().get_next_fire_time(None, now)
+
+
+def expiry_summary(rows: Sequence[expiry.ExpiryRow]) -> str:
+    """Given an expiry pass's rows, say what it did in one line."""
+    counts = collections.Counter(
+        "failed" if row.failed else row.result or row.action for row in rows
+    )
+    return ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
 
 
 def slot_summary(outcomes: Sequence[Outcome], targets: int) -> dict[str, Any]:
@@ -421,6 +445,15 @@ class Daemon:
                 name="audit of opt-ins",
                 misfire_grace_time=audit,
             )
+        expiry_interval = self.conf.daemon.expiry_interval
+        if expiry_interval:
+            self.scheduler.add_job(
+                self._expire_all,
+                IntervalTrigger(seconds=expiry_interval),
+                id=EXPIRY_JOB,
+                name="expiry of every policy",
+                misfire_grace_time=expiry_interval,
+            )
         prune = self.conf.daemon.prune_interval
         if prune:
             self.scheduler.add_job(
@@ -554,6 +587,8 @@ class Daemon:
             state,
             summary_text(summary),
         )
+        if self.conf.daemon.expire_after_run and not self.stop.is_set():
+            self._expire(known)
 
     def _record_slot(
         self,
@@ -614,6 +649,32 @@ class Daemon:
             LOG.exception("audit failed; tried again at the next interval")
         finally:
             self._release("audit")
+
+    def _expire(self, known: Policy) -> None:
+        """One expiry pass of a policy; failures wait for the next pass."""
+        try:
+            rows = expiry.expire_policy(
+                self.parts, known, _utcnow(), dry_run=False, stop=self.stop
+            )
+        except Exception:
+            LOG.exception(
+                "policy %s: expiry failed; tried again at the next pass",
+                known.name,
+            )
+            return
+        if rows:
+            LOG.info("policy %s: expiry: %s", known.name, expiry_summary(rows))
+
+    def _expire_all(self) -> None:
+        if self.stop.is_set() or self._claim("expiry", "expiry"):
+            return
+        try:
+            for name in sorted(self.parts.policies):
+                if self.stop.is_set():
+                    break
+                self._expire(self.parts.policies[name])
+        finally:
+            self._release("expiry")
 
     def _prune(self) -> None:
         if self.stop.is_set() or self._claim("prune", "journal pruning"):

@@ -298,6 +298,44 @@ def test_scheduled_runs_make_full_then_incremental_and_status_shows_them(
 # -- restarts ------------------------------------------------------------
 
 
+def test_each_run_is_followed_by_expiry(
+    cinderbak_config, make_volume, alice, admin, daemons
+):
+    """retention last=1, every backup a full: after each run, expiry
+    deletes the backup the new one superseded."""
+    name = _unique("expiring")
+    config = cinderbak_config(
+        "[daemon]\nshutdown_timeout = 30\n"
+        + _policy(name, "every 10s", retention="last=1", full_every="0")
+    )
+    volume = make_volume(alice, metadata={OPT_IN: name})
+    daemon = daemons.start(config)
+    journal = daemons.journal()
+
+    def three_runs_and_one_backup():
+        done = [
+            run
+            for run in _volume_runs(journal, volume.id)
+            if run.state is states.SUCCEEDED
+        ]
+        left = [
+            b for b in _our_backups(admin, volume.id) if b.status != "deleting"
+        ]
+        return done if len(done) >= 3 and len(left) == 1 else None
+
+    done = wait_until(
+        three_runs_and_one_backup, 180, "expiry after runs", daemon=daemon
+    )
+    newest = max(done, key=lambda run: run.scheduled_at)
+    (kept,) = [
+        b for b in _our_backups(admin, volume.id) if b.status != "deleting"
+    ]
+    assert kept.id == newest.summary["backup_id"]
+    deletions = journal.runs(policy=f"expire:{name}", limit=100)
+    assert deletions, "no expiry pass was recorded"
+    assert daemon.stop() == 0
+
+
 @pytest.mark.parametrize(
     "mode, kind, signum",
     [
