@@ -8,6 +8,7 @@ bytes.
 from __future__ import annotations
 
 import hashlib
+import textwrap
 import uuid
 
 import pytest
@@ -15,6 +16,7 @@ from openstack import exceptions as sdk_exceptions
 
 from cinderbak.journal import Journal
 from tests import localstack
+from tests.functional.conftest import Cinderbak
 
 MIB = 1024 * 1024
 DAILY = """
@@ -248,3 +250,47 @@ def test_the_journal_records_each_volume_run(
     runs = journal.runs(policy="daily")
     assert [run.target for run in runs] == [volume.id]
     assert runs[0].state == "succeeded"
+
+
+def test_keystoneauth_options_instead_of_a_named_cloud(
+    stack, alice, make_volume, tmp_path, clouds_env
+):
+    """[service_auth] as a deployment tool writes it; project ownership
+    then scopes by overriding the project in the loaded auth plugin."""
+    config = tmp_path / "cinderbak.conf"
+    config.write_text(
+        textwrap.dedent(f"""\
+        [DEFAULT]
+        deployment_id = ft-{uuid.uuid4().hex}
+        poll_interval = 1
+        state_path = {tmp_path}/state
+        [cloud]
+        region_name = {stack.raw["region"]}
+        [service_auth]
+        auth_type = password
+        auth_url = {stack.keystone_url}
+        username = cinderbak
+        password = {stack.password("cinderbak")}
+        project_name = service
+        user_domain_name = Default
+        project_domain_name = Default
+        [journal]
+        connection = sqlite:///{tmp_path}/journal.sqlite
+        """)
+        + DAILY
+    )
+    volume = make_volume(alice, metadata={"cinderbak:policy": "daily"})
+    runner = Cinderbak(config, clouds_env)
+
+    rows = runner.run("run-once", "--policy", "daily", "--no-audit")
+
+    row = _row(rows, volume.id)
+    assert row["status"] == "ok", (row, runner.last_stderr)
+    # Tenant A lists it (members do not see project ids; listing does).
+    listed = [b.id for b in alice.block_storage.backups(volume_id=volume.id)]
+    assert listed == [row["backup_id"]]
+    backup = alice.block_storage.get_backup(row["backup_id"])
+    assert (
+        backup.metadata["cinderbak:owner"]
+        == runner.path.read_text().split("deployment_id = ")[1].split()[0]
+    )
