@@ -509,25 +509,18 @@ class PolicyRun:
             target=target.volume_id,
             details={"force": target.in_use},
         )
-        try:
-            snapshot = self.cloud.call(
-                job.conn.block_storage.create_snapshot,
-                idempotent=False,
-                volume_id=target.volume_id,
-                name=resource_name(self.run_label),
-                description="temporary: source of a cinderbak backup",
-                force=target.in_use,
-                metadata=self._marks(job),
-            )
-        except sdk_exceptions.SDKException as exc:
-            self.journal.fail_step(job.snapshot_step, str(exc))
-            job.outcome = self.job_outcome(
-                job, "error", f"snapshot refused: {exc}"
-            )
-            return
-        job.snapshot_id = snapshot.id
-        self.journal.set_step_resource(job.snapshot_step, snapshot.id)
-        job.deadline = self.clock() + self.policy.snapshot_timeout
+        job.snapshot_id = self._request(
+            job,
+            job.snapshot_step,
+            "snapshot",
+            job.conn.block_storage.create_snapshot,
+            self.policy.snapshot_timeout,
+            volume_id=target.volume_id,
+            name=resource_name(self.run_label),
+            description="temporary: source of a cinderbak backup",
+            force=target.in_use,
+            metadata=self._marks(job),
+        )
 
     def _create_backup(self, job: Job) -> None:
         target = job.target
@@ -559,19 +552,36 @@ class PolicyRun:
             attrs["availability_zone"] = self.policy.backup_availability_zone
         if self.policy.backup_container:
             attrs["container"] = self.policy.backup_container
+        job.backup_id = self._request(
+            job,
+            job.backup_step,
+            "backup",
+            job.conn.block_storage.create_backup,
+            self.policy.backup_timeout,
+            **attrs,
+        )
+
+    def _request(
+        self, job: Job, step: int, what: str, create, timeout: float, **attrs
+    ) -> str | None:
+        """Ask Cinder to create a snapshot or backup, once.
+
+        The id is recorded as soon as the API returns it: a kill after
+        this point leaves a resource recovery knows by id. A refusal is
+        the job's outcome. Never repeated on an ambiguous failure: a
+        second create could make a second backup.
+        """
         try:
-            backup = self.cloud.call(
-                job.conn.block_storage.create_backup, idempotent=False, **attrs
-            )
+            resource = self.cloud.call(create, idempotent=False, **attrs)
         except sdk_exceptions.SDKException as exc:
-            self.journal.fail_step(job.backup_step, str(exc))
+            self.journal.fail_step(step, str(exc))
             job.outcome = self.job_outcome(
-                job, "error", f"backup refused: {exc}"
+                job, "error", f"{what} refused: {exc}"
             )
-            return
-        job.backup_id = backup.id
-        self.journal.set_step_resource(job.backup_step, backup.id)
-        job.deadline = self.clock() + self.policy.backup_timeout
+            return None
+        self.journal.set_step_resource(step, resource.id)
+        job.deadline = self.clock() + timeout
+        return resource.id
 
     # -- polling ---------------------------------------------------------
 

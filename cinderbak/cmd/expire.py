@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime
 
-from cliff.lister import Lister
-
 from cinderbak import expiry
+from cinderbak.cmd.base import PolicyLister
 
 
-class Expire(Lister):
+class Expire(PolicyLister):
     """Carry out the retention plan of the given policies now.
 
     Prints one row per deletion decided, with its result. Exits non-zero
@@ -18,27 +17,16 @@ class Expire(Lister):
     for a later pass.
     """
 
+    verb = "expire"
+
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument(
-            "--policy",
-            action="append",
-            default=[],
-            metavar="NAME",
-            help="expire only this policy (repeatable; default: all)",
-        )
         parser.add_argument(
             "--dry-run",
             action="store_true",
             help="print what would be deleted; delete nothing",
         )
         return parser
-
-    exit_code = 0
-
-    def run(self, parsed_args) -> int:
-        super().run(parsed_args)
-        return self.exit_code
 
     def take_action(self, parsed_args):
         parts = self.app.parts()

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime
 
-from cliff.lister import Lister
-
 from cinderbak import expiry
+from cinderbak.cmd.base import PolicyLister
 
 
-class Plan(Lister):
+class Plan(PolicyLister):
     """Show the retention plan: one row per backup, with every reason.
 
     Reads only: nothing is deleted and nothing is written to the journal.
@@ -17,15 +16,10 @@ class Plan(Lister):
     exactly as `cinderbak expire` would leave them.
     """
 
+    verb = "plan"
+
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument(
-            "--policy",
-            action="append",
-            default=[],
-            metavar="NAME",
-            help="plan only this policy (repeatable; default: all)",
-        )
         parser.add_argument(
             "--volume",
             action="append",
@@ -34,12 +28,6 @@ class Plan(Lister):
             help="show only the backups of this volume (repeatable)",
         )
         return parser
-
-    exit_code = 0
-
-    def run(self, parsed_args) -> int:
-        super().run(parsed_args)
-        return self.exit_code
 
     def take_action(self, parsed_args):
         parts = self.app.parts()

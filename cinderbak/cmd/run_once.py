@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-from cliff.lister import Lister
-
 from cinderbak import service
+from cinderbak.cmd.base import PolicyLister
 from cinderbak.summary import COLUMNS
 
 
-class RunOnce(Lister):
+class RunOnce(PolicyLister):
     """Back up every opted-in volume of the given policies, now.
 
     Exits non-zero when any volume failed, so cron and CI notice.
     """
 
+    verb = "run"
+
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument(
-            "--policy",
-            action="append",
-            default=[],
-            metavar="NAME",
-            help="run only this policy (repeatable; default: all)",
-        )
         parser.add_argument(
             "--no-audit",
             action="store_true",
@@ -30,12 +24,6 @@ class RunOnce(Lister):
             "policy (it pages through every volume of the cloud)",
         )
         return parser
-
-    exit_code = 0
-
-    def run(self, parsed_args) -> int:
-        super().run(parsed_args)
-        return self.exit_code
 
     def take_action(self, parsed_args):
         outcomes = service.run_once(
