@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import os
+import pathlib
 import re
 import signal
 import socket
@@ -200,22 +201,40 @@ def _recovery_lines(text: str) -> list[str]:
 
 
 def test_scheduled_runs_make_full_then_incremental_and_status_shows_them(
-    cinderbak_config, make_volume, alice, bob, admin, daemons, tmp_path
+    stack, cinderbak_config, make_volume, alice, bob, admin, daemons, tmp_path
 ):
     fast, stuck = _unique("fast"), _unique("stuck")
     config = cinderbak_config(
         "[daemon]\nshutdown_timeout = 30\n"
         + _policy(fast, "every 10s")
-        # A backup cannot finish in 1 s here: the run reports a timeout.
-        + _policy(stuck, "every 1h", backup_timeout=1)
+        + _policy(stuck, "every 1h", backup_timeout=3)
     )
     volume = make_volume(alice, metadata={OPT_IN: fast})
     slow = make_volume(bob, metadata={OPT_IN: stuck})
     notify = NotifySocket(tmp_path / "notify")
-    daemon = daemons.start(
-        config, NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="2000000"
-    )
     journal = daemons.journal()
+    # The backup service paused: the stuck policy's catch-up backup stays
+    # creating past its 3 s timeout (fast's first backup just waits).
+    backup_service = int(
+        pathlib.Path(stack.raw["pid_files"]["cinder-backup"]).read_text()
+    )
+    os.killpg(backup_service, signal.SIGSTOP)
+    try:
+        daemon = daemons.start(
+            config, NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="2000000"
+        )
+        timed_out = wait_until(
+            lambda: [
+                run
+                for run in _volume_runs(journal, slow.id)
+                if run.state is states.TIMED_OUT
+            ],
+            90,
+            "the stuck backup's timeout",
+            daemon=daemon,
+        )
+    finally:
+        os.killpg(backup_service, signal.SIGCONT)
 
     def succeeded():
         done = [
@@ -225,17 +244,7 @@ def test_scheduled_runs_make_full_then_incremental_and_status_shows_them(
         ]
         return done if len(done) >= 2 else None
 
-    done = wait_until(succeeded, 150, "two backups of fast", daemon=daemon)
-    timed_out = wait_until(
-        lambda: [
-            run
-            for run in _volume_runs(journal, slow.id)
-            if run.state is states.TIMED_OUT
-        ],
-        60,
-        "the stuck backup's timeout",
-        daemon=daemon,
-    )
+    done = wait_until(succeeded, 180, "two backups of fast", daemon=daemon)
     assert timed_out[0].summary["status"] == "timeout"
 
     # The first run makes a full backup, the next an incremental one.
