@@ -436,34 +436,43 @@ class Daemon:
         )
 
     def _add_service_jobs(self, now: datetime.datetime) -> None:
-        audit = self.conf.daemon.audit_interval
-        if audit:
-            self.scheduler.add_job(
+        """Audit, expiry and pruning, each on its interval (0: off)."""
+        daemon = self.conf.daemon
+        jobs = (
+            (
+                AUDIT_JOB,
+                "audit of opt-ins",
                 self._audit,
-                IntervalTrigger(seconds=audit),
-                id=AUDIT_JOB,
-                name="audit of opt-ins",
-                misfire_grace_time=audit,
-            )
-        expiry_interval = self.conf.daemon.expiry_interval
-        if expiry_interval:
-            self.scheduler.add_job(
+                daemon.audit_interval,
+                None,
+            ),
+            (
+                EXPIRY_JOB,
+                "expiry of every policy",
                 self._expire_all,
-                IntervalTrigger(seconds=expiry_interval),
-                id=EXPIRY_JOB,
-                name="expiry of every policy",
-                misfire_grace_time=expiry_interval,
-            )
-        prune = self.conf.daemon.prune_interval
-        if prune:
-            self.scheduler.add_job(
+                daemon.expiry_interval,
+                None,
+            ),
+            # Soon after start too, so frequent restarts still prune.
+            (
+                PRUNE_JOB,
+                "journal pruning",
                 self._prune,
-                IntervalTrigger(seconds=prune),
-                id=PRUNE_JOB,
-                name="journal pruning",
-                misfire_grace_time=prune,
-                # Soon after start too, so frequent restarts still prune.
-                next_run_time=now + datetime.timedelta(minutes=5),
+                daemon.prune_interval,
+                now + datetime.timedelta(minutes=5),
+            ),
+        )
+        for job_id, name, func, interval, first in jobs:
+            if not interval:
+                continue
+            extra = {"next_run_time": first} if first else {}
+            self.scheduler.add_job(
+                func,
+                IntervalTrigger(seconds=interval),
+                id=job_id,
+                name=name,
+                misfire_grace_time=interval,
+                **extra,
             )
 
     def _describe_next(self, now: datetime.datetime) -> list[str]:

@@ -186,6 +186,14 @@ class InvalidTransition(ValueError):
         )
 
 
+def _check(table, state_type, current, target, what):
+    cur, new = state_type(current), state_type(target)
+    allowed = table[cur]
+    if new not in allowed:
+        raise InvalidTransition(what, cur, new, allowed)
+    return new
+
+
 def check_run_transition(
     current: RunState | str, target: RunState | str, *, what: str = "run"
 ) -> RunState:
@@ -194,11 +202,7 @@ def check_run_transition(
     Raise :class:`InvalidTransition` if the table forbids it, and
     ``ValueError`` if either name is not a run state.
     """
-    cur, new = RunState(current), RunState(target)
-    allowed = RUN_TRANSITIONS[cur]
-    if new not in allowed:
-        raise InvalidTransition(what, cur, new, allowed)
-    return new
+    return _check(RUN_TRANSITIONS, RunState, current, target, what)
 
 
 def check_step_transition(
@@ -209,11 +213,7 @@ def check_step_transition(
     Raise :class:`InvalidTransition` if the table forbids it, and
     ``ValueError`` if either name is not a step state.
     """
-    cur, new = StepState(current), StepState(target)
-    allowed = STEP_TRANSITIONS[cur]
-    if new not in allowed:
-        raise InvalidTransition(what, cur, new, allowed)
-    return new
+    return _check(STEP_TRANSITIONS, StepState, current, target, what)
 
 
 # Module-level names, ironic style: ``states.SUCCEEDED``, ``states.FINAL``.

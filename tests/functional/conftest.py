@@ -33,39 +33,34 @@ def clouds_env(stack) -> dict[str, str]:
     return dict(os.environ, OS_CLIENT_CONFIG_FILE=str(stack.clouds_yaml))
 
 
-def _connect(stack, name: str) -> openstack.connection.Connection:
-    return openstack.connect(cloud=name, block_storage_api_version="3")
+def _session_cloud(name: str):
+    """Yield a connection for the whole session, closed at its end."""
+    conn = openstack.connect(cloud=name, block_storage_api_version="3")
+    yield conn
+    conn.close()
 
 
 @pytest.fixture(scope="session")
 def admin(stack):
-    conn = _connect(stack, "localstack-admin")
-    yield conn
-    conn.close()
+    yield from _session_cloud("localstack-admin")
 
 
 @pytest.fixture(scope="session")
 def alice(stack):
     """Member of tenant-a."""
-    conn = _connect(stack, "localstack-tenant-a")
-    yield conn
-    conn.close()
+    yield from _session_cloud("localstack-tenant-a")
 
 
 @pytest.fixture(scope="session")
 def bob(stack):
     """Member of tenant-b."""
-    conn = _connect(stack, "localstack-tenant-b")
-    yield conn
-    conn.close()
+    yield from _session_cloud("localstack-tenant-b")
 
 
 @pytest.fixture(scope="session")
 def carol(stack):
     """Member of tenant-c, where the cinderbak user has no role."""
-    conn = _connect(stack, "localstack-tenant-c")
-    yield conn
-    conn.close()
+    yield from _session_cloud("localstack-tenant-c")
 
 
 class Cleanup:

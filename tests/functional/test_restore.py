@@ -20,6 +20,14 @@ GIB = 1024 * MIB
 HEAD = 16 * MIB  # enough to see that a refused target was not written
 
 
+def _seeded(stack, conn, make_volume, size, label):
+    """A volume with a known head; return it and the head's md5, to show
+    later that a refused restore left it untouched."""
+    volume = make_volume(conn, size=size)
+    localstack.write_volume(stack, volume.id, 0, _pattern(label, HEAD))
+    return volume, localstack.read_volume_md5(stack, volume.id, HEAD)
+
+
 def _refused(cinderbak, *args: str) -> str:
     rows = cinderbak.run("restore", *args)
     assert cinderbak.last_returncode != 0, rows
@@ -70,9 +78,7 @@ def test_restore_to_new_and_over_existing_volume_refusing_unsafe_targets(
     assert alice.block_storage.get_volume(attached.id).status == "in-use"
 
     # Over a volume of another project: refused, target untouched.
-    foreign = make_volume(bob, size=2)
-    localstack.write_volume(stack, foreign.id, 0, _pattern("bob", HEAD))
-    before = localstack.read_volume_md5(stack, foreign.id, HEAD)
+    foreign, before = _seeded(stack, bob, make_volume, 2, "bob")
     err = _refused(cinderbak, backup.id, "--to-volume", foreign.id, "--yes")
     assert (
         f"volume {foreign.id} ({foreign.name}) in project "
@@ -82,9 +88,7 @@ def test_restore_to_new_and_over_existing_volume_refusing_unsafe_targets(
     assert bob.block_storage.get_volume(foreign.id).status == "available"
 
     # Over a volume smaller than the backup: refused, target untouched.
-    small = make_volume(alice, size=1)
-    localstack.write_volume(stack, small.id, 0, _pattern("small", HEAD))
-    before = localstack.read_volume_md5(stack, small.id, HEAD)
+    small, before = _seeded(stack, alice, make_volume, 1, "small")
     err = _refused(cinderbak, backup.id, "--to-volume", small.id, "--yes")
     assert (
         f"volume {small.id} ({small.name}) in project {project} is 1 GiB, "
@@ -93,9 +97,7 @@ def test_restore_to_new_and_over_existing_volume_refusing_unsafe_targets(
     assert localstack.read_volume_md5(stack, small.id, HEAD) == before
 
     # A fit volume without --yes: refused, saying what would be lost.
-    target = make_volume(alice, size=2)
-    localstack.write_volume(stack, target.id, 0, _pattern("old", HEAD))
-    before = localstack.read_volume_md5(stack, target.id, HEAD)
+    target, before = _seeded(stack, alice, make_volume, 2, "old")
     err = _refused(cinderbak, backup.id, "--to-volume", target.name)
     assert (
         f"would overwrite volume {target.id} ({target.name}) in project "

@@ -67,6 +67,24 @@ def _restore(conn, backup_id, cleanup):
     return volume_id
 
 
+def assert_restores_identical(stack, conn, backup_id, volume_id, cleanup):
+    """Restore a backup to a new volume: it must equal the source byte
+    for byte."""
+    restored = _restore(conn, backup_id, cleanup)
+    assert localstack.read_volume_md5(stack, restored) == (
+        localstack.read_volume_md5(stack, volume_id)
+    )
+
+
+def _in_use_opted_in(stack, conn, make_volume, policy, seed):
+    """A volume of ``conn``'s project opted in to ``policy``, attached to
+    a made-up server, holding 4 MiB of data."""
+    volume = make_volume(conn, metadata={"cinderbak:policy": policy})
+    attach_to_server(conn, volume.id, str(uuid.uuid4()))
+    localstack.write_volume(stack, volume.id, 0, _pattern(seed, 4 * MIB))
+    return volume
+
+
 def attach_to_server(conn, volume_id: str, server_id: str) -> None:
     """Make a volume in-use by a server without Nova: a connector-less
     attachment, which Cinder lets us delete later without asking Nova."""
@@ -142,10 +160,7 @@ def test_project_mode_full_then_incremental_on_the_second_cluster(
     changed = localstack.backup_diff_bytes(stack, full.id, incremental.id)
     assert MIB <= changed <= 2 * MIB, changed
     # The incremental restores to exactly the source.
-    restored = _restore(alice, incremental.id, cleanup)
-    assert localstack.read_volume_md5(stack, restored) == (
-        localstack.read_volume_md5(stack, volume.id)
-    )
+    assert_restores_identical(stack, alice, incremental.id, volume.id, cleanup)
     # Tenant B's volume and manual backup were not touched.
     assert bob.block_storage.get_backup(manual.id).metadata == (
         manual.metadata
@@ -161,9 +176,7 @@ def test_service_mode_hides_backups_from_the_tenant_in_use_volume(
         schedule = every 1h
         ownership = service
         """)
-    volume = make_volume(alice, metadata={"cinderbak:policy": "vault"})
-    attach_to_server(alice, volume.id, str(uuid.uuid4()))
-    localstack.write_volume(stack, volume.id, 0, _pattern("vault", 4 * MIB))
+    volume = _in_use_opted_in(stack, alice, make_volume, "vault", "vault")
 
     row = _row(cinderbak.run("run-once", "--policy", "vault"), volume.id)
 
@@ -174,10 +187,7 @@ def test_service_mode_hides_backups_from_the_tenant_in_use_volume(
     with pytest.raises(sdk_exceptions.NotFoundException):
         alice.block_storage.get_backup(backup.id)
     assert list(alice.block_storage.backups(volume_id=volume.id)) == []
-    restored = _restore(admin, backup.id, cleanup)
-    assert localstack.read_volume_md5(stack, restored) == (
-        localstack.read_volume_md5(stack, volume.id)
-    )
+    assert_restores_identical(stack, admin, backup.id, volume.id, cleanup)
 
 
 def test_snapshot_mode_backs_up_in_use_volume_and_removes_snapshot(
@@ -188,9 +198,7 @@ def test_snapshot_mode_backs_up_in_use_volume_and_removes_snapshot(
         schedule = every 1h
         transfer_mode = snapshot
         """)
-    volume = make_volume(alice, metadata={"cinderbak:policy": "snappy"})
-    attach_to_server(alice, volume.id, str(uuid.uuid4()))
-    localstack.write_volume(stack, volume.id, 0, _pattern("snap", 4 * MIB))
+    volume = _in_use_opted_in(stack, alice, make_volume, "snappy", "snap")
 
     row = _row(cinderbak.run("run-once", "--policy", "snappy"), volume.id)
 
@@ -199,10 +207,7 @@ def test_snapshot_mode_backs_up_in_use_volume_and_removes_snapshot(
     assert list(alice.block_storage.snapshots(volume_id=volume.id)) == []
     backup = alice.block_storage.get_backup(row["backup_id"])
     assert backup.snapshot_id
-    restored = _restore(alice, backup.id, cleanup)
-    assert localstack.read_volume_md5(stack, restored) == (
-        localstack.read_volume_md5(stack, volume.id)
-    )
+    assert_restores_identical(stack, alice, backup.id, volume.id, cleanup)
 
 
 def test_refusals_are_per_volume_and_say_what_to_do(
