@@ -177,33 +177,34 @@ class Cinderbak:
         return json.loads(result.stdout[start:]) if start >= 0 else []
 
 
+def config_text(
+    tmp_path, deployment: str, defaults: str = "", cloud: str = ""
+) -> str:
+    """The sections every test config has: its own deployment id (so no
+    test sees another's backups as ours), state and journal under
+    ``tmp_path``, then ``defaults`` in [DEFAULT] and ``cloud`` in [cloud].
+    """
+    return (
+        f"[DEFAULT]\ndeployment_id = {deployment}\npoll_interval = 1\n"
+        f"state_path = {tmp_path}/state\n{defaults}"
+        f"[cloud]\n{cloud}"
+        f"[journal]\nconnection = sqlite:///{tmp_path}/journal.sqlite\n"
+    )
+
+
 @pytest.fixture
 def cinderbak_config(tmp_path, clouds_env):
     """Write a cinderbak config; return a runner for the CLI with it."""
 
     def write(policies: str, **defaults: str) -> Cinderbak:
         deployment = defaults.pop("deployment_id", f"ft-{uuid.uuid4().hex}")
-        extra = "".join(
-            f"{key} = {value}\n" for key, value in defaults.items()
-        )
-        text = (
-            textwrap.dedent(f"""\
-            [DEFAULT]
-            deployment_id = {deployment}
-            write_back_status = true
-            poll_interval = 1
-            state_path = {tmp_path}/state
-            """)
-            + extra
-            + textwrap.dedent(f"""\
-            [cloud]
-            cloud = localstack-cinderbak
-            api_retries = 2
-            [journal]
-            connection = sqlite:///{tmp_path}/journal.sqlite
-            """)
-            + textwrap.dedent(policies)
-        )
+        text = config_text(
+            tmp_path,
+            deployment,
+            "write_back_status = true\n"
+            + "".join(f"{key} = {value}\n" for key, value in defaults.items()),
+            "cloud = localstack-cinderbak\napi_retries = 2\n",
+        ) + textwrap.dedent(policies)
         path = tmp_path / "cinderbak.conf"
         path.write_text(text)
         runner = Cinderbak(path, clouds_env)

@@ -24,6 +24,7 @@ from oslo_config import cfg
 from cinderbak import opts, recovery, service
 from cinderbak.journal import Journal, steps
 from tests import localstack
+from tests.functional.conftest import config_text
 from tests.functional.test_run_once import attach_to_server
 
 # The one running domain of libvirt's test:///default driver.
@@ -50,15 +51,12 @@ def _build(
     readonly = stack.readonly_user
     path = tmp_path / "cinderbak.conf"
     path.write_text(
-        textwrap.dedent(f"""\
-        [DEFAULT]
-        deployment_id = ft-{uuid.uuid4().hex}
-        poll_interval = 1
-        state_path = {tmp_path}/state
-        [cloud]
-        cloud = localstack-cinderbak
-        [journal]
-        connection = sqlite:///{tmp_path}/journal.sqlite
+        config_text(
+            tmp_path,
+            f"ft-{uuid.uuid4().hex}",
+            cloud="cloud = localstack-cinderbak\n",
+        )
+        + textwrap.dedent(f"""\
         [consistency]
         quiescer = libvirt
         [libvirt]

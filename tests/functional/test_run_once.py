@@ -16,7 +16,7 @@ from openstack import exceptions as sdk_exceptions
 
 from cinderbak.journal import Journal
 from tests import localstack
-from tests.functional.conftest import Cinderbak
+from tests.functional.conftest import Cinderbak, config_text
 
 MIB = 1024 * 1024
 DAILY = """
@@ -264,13 +264,12 @@ def test_keystoneauth_options_instead_of_a_named_cloud(
     then scopes by overriding the project in the loaded auth plugin."""
     config = tmp_path / "cinderbak.conf"
     config.write_text(
-        textwrap.dedent(f"""\
-        [DEFAULT]
-        deployment_id = ft-{uuid.uuid4().hex}
-        poll_interval = 1
-        state_path = {tmp_path}/state
-        [cloud]
-        region_name = {stack.raw["region"]}
+        config_text(
+            tmp_path,
+            f"ft-{uuid.uuid4().hex}",
+            cloud=f"region_name = {stack.raw['region']}\n",
+        )
+        + textwrap.dedent(f"""\
         [service_auth]
         auth_type = password
         auth_url = {stack.keystone_url}
@@ -279,8 +278,6 @@ def test_keystoneauth_options_instead_of_a_named_cloud(
         project_name = service
         user_domain_name = Default
         project_domain_name = Default
-        [journal]
-        connection = sqlite:///{tmp_path}/journal.sqlite
         """)
         + DAILY
     )
