@@ -29,10 +29,26 @@ OWNER = PREFIX + "owner"
 RUN = PREFIX + "run"
 CONSISTENCY = PREFIX + "consistency"
 GROUP = PREFIX + "group"
+# How many volumes the group's freeze covered: a restore point is complete
+# only when that many backups carry the group id.
+GROUP_SIZE = PREFIX + "group_size"
+# What verification found, and the source checksum taken at backup time.
+VERIFIED = PREFIX + "verified"
+CHECKSUM = PREFIX + "checksum"
 
 VOLUME_KEYS = frozenset({POLICY, QUIESCE, LAST_BACKUP, LAST_STATUS})
 BACKUP_KEYS = frozenset(
-    {HOLD, OWNER, POLICY, RUN, CONSISTENCY, GROUP, PREFIX + "verified"}
+    {
+        HOLD,
+        OWNER,
+        POLICY,
+        RUN,
+        CONSISTENCY,
+        GROUP,
+        GROUP_SIZE,
+        VERIFIED,
+        CHECKSUM,
+    }
 )
 
 

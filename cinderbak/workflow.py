@@ -109,6 +109,7 @@ class Job:
     deadline: float = 0.0
     holds_slot: bool = False
     group_id: str | None = None
+    group_size: int = 0
     freeze_seconds: float | None = None
     outcome: Outcome | None = None
 
@@ -351,6 +352,7 @@ class PolicyRun:
             mode = tenant.QuiesceMode.OFF  # a freeze nobody can confirm
         for job in group:
             job.group_id = group_id
+            job.group_size = len(group)
         freeze_step: list[int] = []
 
         def intent(ref: ServerRef) -> None:
@@ -510,7 +512,14 @@ class PolicyRun:
             tenant.POLICY: self.policy.name,
             tenant.RUN: self.run_label,
             tenant.CONSISTENCY: job.consistency,
-        } | ({tenant.GROUP: job.group_id} if job.group_id else {})
+        } | (
+            {
+                tenant.GROUP: job.group_id,
+                tenant.GROUP_SIZE: str(job.group_size),
+            }
+            if job.group_id
+            else {}
+        )
 
     def _create_snapshot(self, job: Job) -> None:
         target = job.target
