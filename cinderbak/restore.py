@@ -4,13 +4,22 @@ Restoring over the wrong volume is the classic backup disaster, so a
 restore over an existing volume is refused unless the target is detached
 and ``available``, is large enough, belongs to the backup's project, and
 the operator confirmed after being told which volume would be lost.
+
+A server's restore point (the backups one freeze covered, marked with
+one ``cinderbak:group``) is restored whole or not at all: volumes from
+different points in time are what the freeze was there to avoid.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from cinderbak import tenant
+
+# Statuses a volume being restored into ends in when the restore failed.
+VOLUME_FAILURES = frozenset({"error", "error_restoring"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,4 +99,140 @@ def refusals(
 
 def new_volume_name(backup: BackupFacts, now: datetime.datetime) -> str:
     """Name a restored volume after its backup and the time of restore."""
-    return f"{backup.name or backup.id}-restored-{now:%Y%m%d%H%M%S}"
+    return restored_name(backup.name or backup.id, now)
+
+
+def restored_name(source: str, now: datetime.datetime) -> str:
+    """Name a restored volume after ``source`` and the time of restore.
+
+    A restore point's volumes share ``now``, so their names show they
+    were restored together.
+    """
+    return f"{source}-restored-{now:%Y%m%d%H%M%S}"
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupMember:
+    """One backup marked as part of a restore point, marks as found."""
+
+    backup: BackupFacts
+    volume_id: str
+    # The marks as written, not yet trusted: checked by group_refusals.
+    group_size: str
+    run: str
+
+    def label(self) -> str:
+        return f"backup {self.backup.id} of volume {self.volume_id}"
+
+
+def group_refusals(group_id: str, members: Sequence[GroupMember]) -> list[str]:
+    """Return why restore point ``group_id`` must not be restored (empty:
+    it may), given every backup of ours that carries its mark.
+    """
+    where = f"group {group_id}"
+    if not members:
+        return [
+            f"{where}: no backup of this deployment carries "
+            f"{tenant.GROUP}={group_id}"
+        ]
+    members = sorted(members, key=lambda m: (m.volume_id, m.backup.id))
+    reasons = [
+        *_disagreements(where, members),
+        *_count_refusals(where, members),
+    ]
+    for member in members:
+        backup = member.backup
+        if backup.status != "available":
+            reasons.append(
+                f"{where}: {member.label()} in project {backup.project_id} "
+                f"is {backup.status}: only an available backup can be "
+                "restored"
+            )
+    return reasons
+
+
+def _disagreements(where: str, members: Sequence[GroupMember]) -> list[str]:
+    """The marks every member of one freeze must share, and why."""
+    checks: list[tuple[str, Callable[[GroupMember], str], str]] = [
+        (tenant.GROUP_SIZE, lambda m: m.group_size, "not one restore point"),
+        (tenant.RUN, lambda m: m.run, "not one restore point"),
+        (
+            "project",
+            lambda m: m.backup.project_id,
+            "a server's volumes belong to one project, so these are not "
+            "one restore point",
+        ),
+    ]
+    reasons = []
+    for what, value_of, why in checks:
+        if len({value_of(m) for m in members}) > 1:
+            said = ", ".join(
+                f"{m.label()} says {value_of(m) or '(nothing)'}"
+                for m in members
+            )
+            reasons.append(
+                f"{where}: backups disagree on {what} ({said}): {why}"
+            )
+    return reasons
+
+
+def _count_refusals(where: str, members: Sequence[GroupMember]) -> list[str]:
+    """Whether exactly the backups the freeze covered are present."""
+    present = ", ".join(m.label() for m in members)
+    sizes = {m.group_size for m in members}
+    if len(sizes) > 1:
+        return []  # already refused as a disagreement
+    (size,) = sizes
+    expected = int(size) if size.isdecimal() and int(size) > 0 else None
+    if expected is None:
+        said = f"{tenant.GROUP_SIZE}={size!r}" if size else "no count"
+        return [
+            f"{where}: {present} carry {said}, not a count of volumes: "
+            "cannot tell whether the restore point is complete"
+        ]
+    reasons = []
+    if len(members) < expected:
+        reasons.append(
+            f"{where} is incomplete: found {len(members)} of {expected} "
+            f"backups ({present}); the others were deleted or never "
+            "finished. A restore point is restored whole; restore single "
+            "backups with 'cinderbak restore BACKUP' if a partial restore "
+            "is really wanted"
+        )
+    elif len(members) > expected:
+        reasons.append(
+            f"{where}: found {len(members)} backups ({present}), more than "
+            f"the {expected} its freeze covered: not one restore point"
+        )
+    return reasons + _repeated_volumes(where, members)
+
+
+def _repeated_volumes(where: str, members: Sequence[GroupMember]) -> list[str]:
+    """One freeze copies each volume once; two copies are two points."""
+    reasons = []
+    volumes = [m.volume_id for m in members]
+    for volume_id in sorted({v for v in volumes if volumes.count(v) > 1}):
+        ids = ", ".join(
+            m.backup.id for m in members if m.volume_id == volume_id
+        )
+        reasons.append(
+            f"{where}: volume {volume_id} has several backups ({ids}): "
+            "not one restore point"
+        )
+    return reasons
+
+
+def restore_failure(
+    volume_id: str, volume_status: str, backup_id: str, backup_status: str
+) -> str | None:
+    """Return why a restore in progress failed, or None if it has not."""
+    if volume_status in VOLUME_FAILURES:
+        return f"volume {volume_id} went to {volume_status} during the restore"
+    if backup_status == "error":
+        return f"backup {backup_id} went to error during the restore"
+    return None
+
+
+def restore_finished(volume_status: str, backup_status: str) -> bool:
+    """Whether a restore is over: Cinder releases the backup last."""
+    return volume_status == "available" and backup_status == "available"

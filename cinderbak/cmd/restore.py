@@ -1,16 +1,37 @@
-"""``cinderbak restore``: restore a backup to a new or an existing volume."""
+"""``cinderbak restore``: restore a backup to a new or an existing volume,
+or a server's restore point (a ``cinderbak:group``) to new volumes."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import time
+from collections.abc import Iterator
 
+import openstack.connection
 from cliff.lister import Lister
 from openstack import exceptions as sdk_exceptions
 
-from cinderbak import restore
+from cinderbak import restore, tenant
+from cinderbak.discovery import PAGE_SIZE
+from cinderbak.workflow import resource_name
 
 COLUMNS = ("backup", "volume_id", "volume_name", "project", "size", "seconds")
+GROUP_COLUMNS = (
+    "group",
+    "backup",
+    "source_volume",
+    "volume_id",
+    "volume_name",
+    "project",
+    "size",
+    "seconds",
+    "status",
+    "error",
+)
+# Backup metadata is listed from this microversion on; ``name~`` from 3.34.
+LIST_MICROVERSION = "3.43"
+PROJECT_ATTR = "os-backup-project-attr:project_id"
 # Restores run long: a 1 TiB volume can take hours.
 DEFAULT_TIMEOUT = 6 * 3600
 
@@ -19,19 +40,63 @@ class Refused(Exception):
     """The restore must not go ahead; nothing was changed."""
 
 
+@dataclasses.dataclass
+class _Progress:
+    """One restore point member's restore, as it goes."""
+
+    member: restore.GroupMember
+    conn: openstack.connection.Connection
+    volume_id: str = ""
+    volume_name: str = ""
+    size: int | None = None
+    seconds: float | None = None
+    status: str = "restoring"  # then ok, error or timeout
+    error: str = ""
+    seen: str = "not looked at yet"  # what the last poll found
+
+    def row(self, group_id: str) -> tuple[object, ...]:
+        backup = self.member.backup
+        return (
+            group_id,
+            backup.id,
+            self.member.volume_id,
+            self.volume_id,
+            self.volume_name,
+            backup.project_id,
+            self.size,
+            self.seconds,
+            self.status,
+            self.error,
+        )
+
+
 class Restore(Lister):
     """Restore a backup, to a new volume (default) or over an existing one.
 
     The new volume is created in the backup's project. Over an existing
     volume (--to-volume) the target must be detached and available, at
     least as large as the backup and in the backup's project, and --yes
-    must confirm that its data will be overwritten. Exits non-zero,
-    changing nothing, when refused.
+    must confirm that its data will be overwritten. With --group, every
+    backup of a server's restore point is restored to a new volume, all
+    started together; an incomplete or inconsistent restore point is
+    refused. Exits non-zero, changing nothing, when refused, and
+    non-zero when any restore of a group failed.
     """
+
+    exit_code = 0
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument("backup", metavar="BACKUP", help="backup id")
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument(
+            "backup", metavar="BACKUP", nargs="?", help="backup id"
+        )
+        source.add_argument(
+            "--group",
+            metavar="GROUP",
+            help="restore every backup of this restore point (the "
+            f"{tenant.GROUP} of backups frozen together) to new volumes",
+        )
         target = parser.add_mutually_exclusive_group()
         target.add_argument(
             "--new-volume",
@@ -61,12 +126,14 @@ class Restore(Lister):
 
     def run(self, parsed_args) -> int:
         try:
-            return super().run(parsed_args)
+            return super().run(parsed_args) or self.exit_code
         except Refused as exc:
             self.app.stderr.write(f"refused: {exc}\n")
             return 1
 
     def take_action(self, parsed_args):
+        if parsed_args.group:
+            return self._restore_group(parsed_args)
         parts = self.app.parts()
         cloud = parts.cloud
         storage = cloud.service.block_storage
@@ -181,3 +248,201 @@ class Restore(Lister):
                     "gave up waiting (see --timeout)"
                 )
             time.sleep(interval)
+
+    # -- a restore point -------------------------------------------------
+
+    def _restore_group(self, parsed_args):
+        group_id = parsed_args.group
+        for option, given in (
+            ("--to-volume", parsed_args.to_volume),
+            ("--new-volume", parsed_args.new_volume),
+        ):
+            if given:
+                raise Refused(
+                    f"{option} cannot be used with --group: each backup of "
+                    "a restore point is restored to a new volume named "
+                    "after its source volume"
+                )
+        members = self._group_members(group_id, narrowed=True)
+        reasons = restore.group_refusals(group_id, members)
+        if reasons:
+            # The narrowed list misses a backup a tenant renamed, and a
+            # cloud whose filters leave out name~ answers it with nothing:
+            # look at every backup before refusing.
+            members = self._group_members(group_id, narrowed=False)
+            reasons = restore.group_refusals(group_id, members)
+        if reasons:
+            raise Refused("\n  ".join(reasons))
+
+        sources = {
+            m.volume_id: self._volume_name(m.volume_id) for m in members
+        }
+        started = time.monotonic()
+        now = datetime.datetime.now(datetime.UTC)
+        progress = [
+            self._start(member, sources[member.volume_id], now)
+            for member in members
+        ]
+        self._wait_all(progress, started, started + parsed_args.timeout)
+        failed = [p for p in progress if p.status != "ok"]
+        if failed:
+            self.exit_code = 1
+            self.app.stderr.write(
+                f"group {group_id}: {len(failed)} of {len(progress)} "
+                "restores failed; the volumes restored are kept, nothing "
+                "was deleted\n"
+            )
+        return GROUP_COLUMNS, [p.row(group_id) for p in progress]
+
+    def _group_members(
+        self, group_id: str, *, narrowed: bool
+    ) -> list[restore.GroupMember]:
+        """Every backup of ours, in any project, that carries the group."""
+        deployment = self.app.parts().conf.deployment_id
+        return [
+            restore.GroupMember(
+                backup=restore.BackupFacts(
+                    id=item["id"],
+                    project_id=item.get(PROJECT_ATTR) or "",
+                    size=item.get("size") or 0,
+                    status=item.get("status") or "",
+                    name=item.get("name") or "",
+                ),
+                volume_id=item.get("volume_id") or "",
+                group_size=metadata.get(tenant.GROUP_SIZE, ""),
+                run=metadata.get(tenant.RUN, ""),
+            )
+            for item in self._all_backups(narrowed)
+            if (metadata := item.get("metadata") or {}).get(tenant.GROUP)
+            == group_id
+            and tenant.is_ours(metadata, deployment)
+        ]
+
+    def _all_backups(self, narrowed: bool) -> Iterator[dict]:
+        """Page through all projects' backups, as the API returns them.
+
+        Metadata cannot be filtered server-side, so it is matched here;
+        ``narrowed`` asks Cinder for names like ours only, which every
+        backup a run creates has.
+        """
+        cloud = self.app.parts().cloud
+        storage = cloud.service.block_storage
+        query: dict[str, object] = {"all_tenants": 1, "limit": PAGE_SIZE}
+        if narrowed:
+            query["name~"] = resource_name("")
+
+        def page(marker: str | None) -> dict:
+            params = query | ({"marker": marker} if marker else {})
+            response = storage.get(
+                "/backups/detail",
+                params=params,
+                microversion=LIST_MICROVERSION,
+            )
+            response.raise_for_status()
+            return response.json()
+
+        marker = None
+        while True:
+            answer = cloud.call(page, marker)
+            items = answer.get("backups") or []
+            yield from items
+            if not items or not answer.get("backups_links"):
+                return
+            marker = items[-1]["id"]
+
+    def _start(
+        self,
+        member: restore.GroupMember,
+        source_name: str,
+        now: datetime.datetime,
+    ) -> _Progress:
+        """Ask Cinder to restore one member to a new volume, once."""
+        cloud = self.app.parts().cloud
+        backup = member.backup
+        progress = _Progress(
+            member,
+            cloud.service,
+            volume_name=restore.restored_name(
+                source_name or member.volume_id, now
+            ),
+        )
+        # One member's refusal must not stop the others' restores.
+        try:
+            if backup.project_id != cloud.service.current_project_id:
+                # A new volume is created in the project of the connection.
+                progress.conn = cloud.for_project(backup.project_id)
+            answer = cloud.call(
+                progress.conn.block_storage.restore_backup,
+                backup.id,
+                volume=None,
+                name=progress.volume_name,
+                idempotent=False,
+            )
+        except Exception as exc:
+            progress.status, progress.volume_name = "error", ""
+            progress.error = f"restore of backup {backup.id} refused: {exc}"
+            return progress
+        progress.volume_id = answer.volume_id
+        return progress
+
+    def _volume_name(self, volume_id: str) -> str:
+        """The source volume's name; empty if it is gone or unnamed."""
+        cloud = self.app.parts().cloud
+        try:
+            volume = cloud.call(
+                cloud.service.block_storage.get_volume, volume_id
+            )
+        except sdk_exceptions.NotFoundException:
+            return ""
+        return volume.name or ""
+
+    def _wait_all(
+        self, progress: list[_Progress], started: float, deadline: float
+    ) -> None:
+        """Poll every restore under way until each is over or time is up."""
+        interval = self.app.parts().conf.poll_interval
+        while True:
+            pending = [p for p in progress if p.status == "restoring"]
+            for item in pending:
+                self._poll(item, started)
+            pending = [p for p in pending if p.status == "restoring"]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                for item in pending:
+                    item.status = "timeout"
+                    item.error = (
+                        f"{item.seen}; gave up waiting (see --timeout)"
+                    )
+                return
+            time.sleep(interval)
+
+    def _poll(self, item: _Progress, started: float) -> None:
+        cloud = self.app.parts().cloud
+        storage = item.conn.block_storage
+        backup_id = item.member.backup.id
+        # A failure to look is this member's failure, not everyone's.
+        try:
+            volume = cloud.call(storage.get_volume, item.volume_id)
+            backup = cloud.call(storage.get_backup, backup_id)
+        except Exception as exc:
+            item.status = "error"
+            item.error = (
+                f"lost track of the restore of backup {backup_id} into "
+                f"volume {item.volume_id}: {exc}"
+            )
+            return
+        item.volume_name = volume.name or ""
+        item.size = volume.size
+        item.seen = (
+            f"volume {volume.id} {volume.status}, backup {backup_id} "
+            f"{backup.status}"
+        )
+        failure = restore.restore_failure(
+            volume.id, volume.status, backup_id, backup.status
+        )
+        if failure:
+            item.status, item.error = "error", failure
+        elif restore.restore_finished(volume.status, backup.status):
+            item.status = "ok"
+            item.seconds = round(time.monotonic() - started, 1)

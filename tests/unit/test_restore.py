@@ -7,9 +7,14 @@ import datetime
 
 from cinderbak.restore import (
     BackupFacts,
+    GroupMember,
     VolumeFacts,
+    group_refusals,
     new_volume_name,
     refusals,
+    restore_failure,
+    restore_finished,
+    restored_name,
 )
 
 BACKUP = BackupFacts(
@@ -99,3 +104,159 @@ def test_new_volume_name_derives_from_backup_and_time():
     assert new_volume_name(BACKUP, now) == "nightly-restored-20240506070809"
     unnamed = dataclasses.replace(BACKUP, name="")
     assert new_volume_name(unnamed, now) == "b1-restored-20240506070809"
+
+
+# -- a server's restore point (--group) ---------------------------------
+
+GROUP = "g-1"
+
+
+def _member(
+    backup_id: str,
+    volume_id: str,
+    *,
+    status: str = "available",
+    project_id: str = "pa",
+    group_size: str = "2",
+    run: str = "app@2024-05-06T07:00:00Z",
+) -> GroupMember:
+    """A member of GROUP as a two-volume freeze marks it."""
+    return GroupMember(
+        backup=BackupFacts(
+            id=backup_id, project_id=project_id, size=1, status=status
+        ),
+        volume_id=volume_id,
+        group_size=group_size,
+        run=run,
+    )
+
+
+PAIR = [_member("b1", "v1"), _member("b2", "v2")]
+
+
+def test_a_complete_restore_point_is_allowed():
+    assert group_refusals(GROUP, PAIR) == []
+
+
+def test_a_group_no_backup_carries_is_refused_naming_it():
+    (reason,) = group_refusals(GROUP, [])
+    assert reason == (
+        "group g-1: no backup of this deployment carries cinderbak:group=g-1"
+    )
+
+
+def test_an_incomplete_group_names_found_expected_and_who_is_there():
+    (reason,) = group_refusals(GROUP, [_member("b2", "v2")])
+    assert reason.startswith(
+        "group g-1 is incomplete: found 1 of 2 backups "
+        "(backup b2 of volume v2)"
+    )
+    assert "cinderbak restore BACKUP" in reason
+
+
+def test_more_backups_than_the_freeze_covered_is_refused():
+    (reason,) = group_refusals(GROUP, [*PAIR, _member("b3", "v3")])
+    assert "found 3 backups" in reason
+    assert "more than the 2 its freeze covered" in reason
+    assert "backup b3 of volume v3" in reason
+
+
+def test_two_backups_of_one_volume_are_not_one_restore_point():
+    (reason,) = group_refusals(
+        GROUP, [_member("b1", "v1"), _member("b9", "v1")]
+    )
+    assert reason == (
+        "group g-1: volume v1 has several backups (b1, b9): "
+        "not one restore point"
+    )
+
+
+def test_members_disagreeing_on_group_size_are_refused_naming_each():
+    members = [_member("b1", "v1"), _member("b2", "v2", group_size="3")]
+    (reason,) = group_refusals(GROUP, members)
+    assert reason.startswith(
+        "group g-1: backups disagree on cinderbak:group_size"
+    )
+    assert "backup b1 of volume v1 says 2" in reason
+    assert "backup b2 of volume v2 says 3" in reason
+
+
+def test_members_of_different_runs_are_refused():
+    members = [_member("b1", "v1"), _member("b2", "v2", run="app@other")]
+    (reason,) = group_refusals(GROUP, members)
+    assert "disagree on cinderbak:run" in reason
+    assert "backup b2 of volume v2 says app@other" in reason
+
+
+def test_members_in_different_projects_are_refused_saying_why():
+    members = [_member("b1", "v1"), _member("b2", "v2", project_id="pb")]
+    (reason,) = group_refusals(GROUP, members)
+    assert "disagree on project" in reason
+    assert "backup b1 of volume v1 says pa" in reason
+    assert "backup b2 of volume v2 says pb" in reason
+    assert "a server's volumes belong to one project" in reason
+
+
+def test_a_member_not_available_is_refused_naming_it_and_its_project():
+    members = [_member("b1", "v1"), _member("b2", "v2", status="restoring")]
+    (reason,) = group_refusals(GROUP, members)
+    assert reason == (
+        "group g-1: backup b2 of volume v2 in project pa is restoring: "
+        "only an available backup can be restored"
+    )
+
+
+def test_a_group_without_a_usable_size_cannot_be_judged_complete():
+    for size, said in (
+        ("", "no count"),
+        ("two", "cinderbak:group_size='two'"),
+        ("0", "cinderbak:group_size='0'"),
+    ):
+        members = [_member("b1", "v1", group_size=size)]
+        (reason,) = group_refusals(GROUP, members)
+        assert said in reason, size
+        assert "cannot tell whether the restore point is complete" in reason
+
+
+def test_every_problem_of_a_group_is_reported():
+    members = [
+        _member("b1", "v1", status="error"),
+        _member("b2", "v2", status="creating", run="other"),
+        _member("b3", "v3"),
+    ]
+    reasons = group_refusals(GROUP, members)
+    assert len(reasons) == 4, reasons
+    assert all(reason.startswith("group g-1") for reason in reasons)
+
+
+def test_members_are_named_in_a_stable_order():
+    backwards = [_member("b2", "v2"), _member("b1", "v1")]
+    (reason,) = group_refusals(GROUP, [*backwards, _member("b3", "v3")])
+    assert "(backup b1 of volume v1, backup b2 of volume v2, backup b3" in (
+        reason
+    )
+
+
+def test_restored_name_is_source_and_time():
+    now = datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC)
+    assert restored_name("db", now) == "db-restored-20240506070809"
+
+
+def test_restore_in_progress_is_neither_failed_nor_finished():
+    assert restore_failure("v", "restoring-backup", "b", "restoring") is None
+    assert not restore_finished("restoring-backup", "restoring")
+    # The volume is ready a moment before Cinder releases the backup.
+    assert not restore_finished("available", "restoring")
+    assert restore_finished("available", "available")
+
+
+def test_restore_failure_names_the_resource_and_status():
+    assert restore_failure("v", "error_restoring", "b", "available") == (
+        "volume v went to error_restoring during the restore"
+    )
+    assert restore_failure("v", "error", "b", "restoring") == (
+        "volume v went to error during the restore"
+    )
+    assert restore_failure("v", "creating", "b", "error") == (
+        "backup b went to error during the restore"
+    )
