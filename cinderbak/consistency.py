@@ -25,7 +25,9 @@ from typing import TypeVar
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from cinderbak import volume_cluster
 from cinderbak.quiesce.base import Quiescer, load_quiescer
+from cinderbak.volume_cluster import VolumeCluster
 
 LOG = logging.getLogger(__name__)
 
@@ -39,49 +41,18 @@ OPTS = [
     ),
 ]
 
-OBSERVER_OPTS = [
-    cfg.StrOpt(
-        "conf",
-        help="ceph.conf of the cluster holding the volumes. Needed to hold "
-        "a freeze in transfer_mode=volume until the backup driver's "
-        "source snapshot exists; without it such backups are "
-        "crash-consistent.",
-    ),
-    cfg.StrOpt(
-        "user",
-        default="cinderbak-ro",
-        help="Ceph client id (without 'client.'); give it only "
-        "\"mon 'profile rbd' osd 'profile rbd-read-only pool=<pool>'\".",
-    ),
-    cfg.StrOpt(
-        "keyring",
-        help="Keyring of that client; default: what ceph.conf says.",
-    ),
-    cfg.ListOpt(
-        "pools",
-        default=["volumes"],
-        help="Pools where Cinder's RBD driver keeps volume images.",
-    ),
-    cfg.FloatOpt(
-        "poll_interval",
-        default=0.2,
-        min=0.05,
-        help="Seconds between two looks for the driver's snapshots while "
-        "a guest is frozen.",
-    ),
-]
-
 GROUP = "consistency"
-OBSERVER_GROUP = "volume_cluster"
+# The observer's options live with the connection, in volume_cluster.py.
+OBSERVER_GROUP = volume_cluster.GROUP
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(OPTS, group=GROUP)
-    conf.register_opts(OBSERVER_OPTS, group=OBSERVER_GROUP)
+    volume_cluster.register_opts(conf)
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    return [(GROUP, OPTS), (OBSERVER_GROUP, OBSERVER_OPTS)]
+    return [(GROUP, OPTS)]
 
 
 T = TypeVar("T")
@@ -111,39 +82,34 @@ def load(conf: cfg.ConfigOpts) -> Quiescer:
 class SourceSnapshotObserver:
     """Sees, read-only, when the backup driver's snapshots appear."""
 
-    def __init__(self, conf: cfg.ConfigOpts) -> None:
-        import rados  # Debian's python3-rados; only needed when configured
-
-        group = conf[OBSERVER_GROUP]
-        settings = {"client_mount_timeout": "10"}
-        if group.keyring:
-            settings["keyring"] = group.keyring
-        self._cluster = rados.Rados(
-            conffile=group.conf, rados_id=group.user, conf=settings
-        )
-        self._cluster.connect()
-        self._pools = list(group.pools)
-        self._interval = group.poll_interval
+    def __init__(
+        self,
+        cluster: VolumeCluster,
+        poll_interval: float,
+        *,
+        owns_cluster: bool = True,
+    ) -> None:
+        self._cluster = cluster
+        self._interval = poll_interval
+        self._owns_cluster = owns_cluster
 
     @classmethod
-    def from_conf(cls, conf: cfg.ConfigOpts) -> SourceSnapshotObserver | None:
-        if not conf[OBSERVER_GROUP].conf:
+    def from_conf(
+        cls, conf: cfg.ConfigOpts, cluster: VolumeCluster | None = None
+    ) -> SourceSnapshotObserver | None:
+        """Build the observer ``[volume_cluster]`` asks for; None when it
+        is not configured. Given a ``cluster``, share it (the caller
+        closes it) instead of opening a connection of its own."""
+        if cluster is not None:
+            return cls(
+                cluster,
+                conf[OBSERVER_GROUP].poll_interval,
+                owns_cluster=False,
+            )
+        own = VolumeCluster.from_conf(conf)
+        if own is None:
             return None
-        return cls(conf)
-
-    def _snapshots(self, volume_id: str) -> list[str]:
-        import rbd
-
-        for pool in self._pools:
-            with self._cluster.open_ioctx(pool) as ioctx:
-                try:
-                    with rbd.Image(
-                        ioctx, f"volume-{volume_id}", read_only=True
-                    ) as image:
-                        return [snap["name"] for snap in image.list_snaps()]
-                except rbd.ImageNotFound:
-                    continue
-        return []
+        return cls(own, conf[OBSERVER_GROUP].poll_interval)
 
     def wait_for_sources(
         self,
@@ -158,7 +124,7 @@ class SourceSnapshotObserver:
         while pending and still_frozen():
             for volume_id, backup_id in list(pending.items()):
                 prefix = f"backup.{backup_id}.snap."
-                names = self._snapshots(volume_id)
+                names = self._cluster.snapshots(volume_id)
                 # Frozen *after* the snapshot was seen: it predates the thaw.
                 if any(n.startswith(prefix) for n in names) and (
                     still_frozen()
@@ -170,4 +136,5 @@ class SourceSnapshotObserver:
         return seen
 
     def close(self) -> None:
-        self._cluster.shutdown()
+        if self._owns_cluster:
+            self._cluster.close()

@@ -2,7 +2,8 @@
 # Installation: Debian packages (system-wide) and two private venvs under the
 # state dir. Every step is skipped when already done, so a second `up` is fast.
 
-APT_PACKAGES=(ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd rabbitmq-server)
+APT_PACKAGES=(ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd rabbitmq-server
+    e2fsprogs xfsprogs util-linux)  # verification: e2fsck, xfs_repair, blkid
 PG_VERSION=15
 PGBIN=/usr/lib/postgresql/$PG_VERSION/bin
 
