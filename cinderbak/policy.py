@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import math
 import re
 from collections.abc import Mapping
 
@@ -173,6 +174,35 @@ POLICY_OPTS = [
         help="Seconds a backup may stay creating before the run reports "
         "it as timed out.",
     ),
+    cfg.BoolOpt(
+        "record_checksums",
+        default=True,
+        help="Checksum each backup's source (the driver's or our snapshot) "
+        "on the volume cluster when the backup is done, so verification "
+        "can compare a restore with what was backed up. Reads the "
+        "volume's allocated blocks once per backup; needs "
+        "[volume_cluster] conf.",
+    ),
+    cfg.StrOpt(
+        "verify_schedule",
+        help="When to verify this policy's backups by restoring them to a "
+        "scratch volume: same forms as 'schedule'. Unset: only on demand "
+        "(cinderbak verify).",
+    ),
+    cfg.StrOpt(
+        "verify_sample",
+        default="1",
+        help="How many backups one verification pass restores: a count "
+        "('2') or a percentage of the policy's backups ('10%'), never "
+        "verified ones first, oldest first, then those verified longest "
+        "ago.",
+    ),
+    cfg.IntOpt(
+        "verify_timeout",
+        default=6 * 3600,
+        min=1,
+        help="Seconds one verification (restore and checks) may take.",
+    ),
 ]
 
 
@@ -314,6 +344,47 @@ def parse_schedule(text: str) -> Schedule:
 
 
 @dataclasses.dataclass(frozen=True)
+class Sample:
+    """How many backups a verification pass takes: a count or a share."""
+
+    count: int | None = None
+    percent: float | None = None
+
+    def size(self, population: int) -> int:
+        """How many of ``population`` backups to verify (at least one of
+        a non-empty population when a percentage is asked)."""
+        if self.count is not None:
+            return min(self.count, population)
+        wanted = math.ceil(population * (self.percent or 0) / 100)
+        return min(population, max(wanted, 1 if population else 0))
+
+    def __str__(self) -> str:
+        if self.count is not None:
+            return str(self.count)
+        return f"{self.percent:g}%"
+
+
+def parse_sample(text: str) -> Sample:
+    """'3' -> three backups per pass; '10%' -> a tenth of them."""
+    stripped = text.strip()
+    try:
+        if stripped.endswith("%"):
+            percent = float(stripped[:-1])
+            if not 0 < percent <= 100:
+                raise ValueError
+            return Sample(percent=percent)
+        count = int(stripped)
+        if count < 1:
+            raise ValueError
+        return Sample(count=count)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a count of at least 1 ('2') nor a "
+            "percentage above 0 and at most 100 ('10%')"
+        ) from None
+
+
+@dataclasses.dataclass(frozen=True)
 class Policy:
     """One operator-defined backup policy, validated."""
 
@@ -331,6 +402,12 @@ class Policy:
     max_freeze_seconds: float
     snapshot_timeout: int
     backup_timeout: int
+    record_checksums: bool = True
+    verify_schedule: Schedule | None = None
+    verify_sample: Sample = dataclasses.field(
+        default_factory=lambda: Sample(count=1)
+    )
+    verify_timeout: int = 6 * 3600
 
     @property
     def section(self) -> str:
@@ -385,6 +462,16 @@ def parse_policy(name: str, values: Mapping[str, object]) -> Policy:
         max_freeze_seconds=float(values.get("max_freeze_seconds") or 10.0),
         snapshot_timeout=int(values.get("snapshot_timeout") or 600),
         backup_timeout=int(values.get("backup_timeout") or 6 * 3600),
+        record_checksums=bool(values.get("record_checksums", True)),
+        verify_schedule=(
+            parsed("verify_schedule", parse_schedule)
+            if values.get("verify_schedule")
+            else None
+        ),
+        verify_sample=parsed("verify_sample", parse_sample)
+        if values.get("verify_sample") is not None
+        else Sample(count=1),
+        verify_timeout=int(values.get("verify_timeout") or 6 * 3600),
     )
 
 

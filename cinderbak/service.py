@@ -12,11 +12,13 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from cinderbak import consistency, discovery, journal, policy
+from cinderbak.checksums import SourceChecksummer
 from cinderbak.cloud import Cloud
 from cinderbak.consistency import SourceSnapshotObserver
 from cinderbak.limits import Limiter
 from cinderbak.quiesce.base import Quiescer
 from cinderbak.summary import Outcome
+from cinderbak.volume_cluster import VolumeCluster
 from cinderbak.workflow import PolicyRun, report_problem
 
 LOG = logging.getLogger(__name__)
@@ -32,12 +34,16 @@ class Parts:
     journal: journal.Journal
     limiter: Limiter
     quiescer: Quiescer
-    observer: SourceSnapshotObserver | None
+    # One read-only connection to the volume cluster, shared by the
+    # observer (freeze windows) and the checksummer (verification).
+    volume_cluster: VolumeCluster | None = None
+    observer: SourceSnapshotObserver | None = None
+    checksummer: SourceChecksummer | None = None
 
     def close(self) -> None:
         self.quiescer.close()
-        if self.observer is not None:
-            self.observer.close()
+        if self.volume_cluster is not None:
+            self.volume_cluster.close()
         self.cloud.close()
         self.journal.close()
 
@@ -61,6 +67,7 @@ def build(conf: cfg.ConfigOpts) -> Parts:
         len(policies),
         ", ".join(sorted(policies)) or "-",
     )
+    cluster = VolumeCluster.from_conf(conf)
     return Parts(
         conf,
         policies,
@@ -68,7 +75,9 @@ def build(conf: cfg.ConfigOpts) -> Parts:
         store,
         Limiter.from_conf(conf),
         consistency.load(conf),
-        SourceSnapshotObserver.from_conf(conf),
+        cluster,
+        SourceSnapshotObserver.from_conf(conf, cluster) if cluster else None,
+        SourceChecksummer(cluster) if cluster else None,
     )
 
 

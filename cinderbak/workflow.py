@@ -24,7 +24,8 @@ from openstack import exceptions as sdk_exceptions
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import backups, chains, consistency, tenant
+from cinderbak import backups, chains, consistency, metrics, tenant
+from cinderbak.checksums import SourceChecksummer
 from cinderbak.cloud import Cloud, NoRoleInProject
 from cinderbak.consistency import SourceSnapshotObserver
 from cinderbak.discovery import Problem, Target
@@ -111,6 +112,11 @@ class Job:
     group_id: str | None = None
     group_size: int = 0
     freeze_seconds: float | None = None
+    # The available backup, while its source is being checksummed.
+    done_backup: object | None = None
+    checksum: concurrent.futures.Future | None = None
+    checksum_step: int | None = None
+    checksum_mark: str | None = None
     outcome: Outcome | None = None
 
 
@@ -130,10 +136,15 @@ class PolicyRun:
         clock: Callable[[], float] = time.monotonic,
         quiescer: Quiescer | None = None,
         observer: SourceSnapshotObserver | None = None,
+        checksummer: SourceChecksummer | None = None,
     ) -> None:
         self.conf = conf
         self.quiescer = quiescer or NoopQuiescer(conf)
         self.observer = observer
+        self.checksummer = checksummer if policy.record_checksums else None
+        # Checksums read whole images: a couple at a time, off the poll
+        # loop, so one large volume does not hold up everyone's polling.
+        self._checksums: concurrent.futures.ThreadPoolExecutor | None = None
         self.cloud = cloud
         self.journal = journal
         self.limiter = limiter
@@ -162,6 +173,7 @@ class PolicyRun:
             stop=stop,
             quiescer=parts.quiescer,
             observer=parts.observer,
+            checksummer=parts.checksummer,
         )
 
     # -- the run ---------------------------------------------------------
@@ -189,7 +201,14 @@ class PolicyRun:
         ``in_flight`` takes jobs already under way (recovery resumes them).
         On stop, returns early: what is in flight stays in the journal.
         """
-        in_flight = list(in_flight or [])
+        try:
+            return self._drive(queued, list(in_flight or []))
+        finally:
+            if self._checksums is not None:
+                self._checksums.shutdown(wait=True, cancel_futures=True)
+                self._checksums = None
+
+    def _drive(self, queued: list[Job], in_flight: list[Job]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         for job in [j for j in in_flight if j.outcome is not None]:
             in_flight.remove(job)
@@ -502,23 +521,31 @@ class PolicyRun:
                 json={"backup": {"metadata": metadata}},
                 microversion="3.43",
             ).raise_for_status()
-        except Exception as exc:  # the backup stays, marked crash
-            job.consistency = "crash"
-            job.notes.append(f"could not mark the backup quiesced: {exc}")
+        except Exception as exc:  # the backup stays as it was marked
+            if job.consistency == "quiesced" and not job.checksum_mark:
+                job.consistency = "crash"
+            job.notes.append(f"could not update the backup's marks: {exc}")
 
     def _marks(self, job: Job) -> dict[str, str]:
-        return {
-            tenant.OWNER: self.conf.deployment_id,
-            tenant.POLICY: self.policy.name,
-            tenant.RUN: self.run_label,
-            tenant.CONSISTENCY: job.consistency,
-        } | (
-            {
-                tenant.GROUP: job.group_id,
-                tenant.GROUP_SIZE: str(job.group_size),
+        checksum = (
+            {tenant.CHECKSUM: job.checksum_mark} if job.checksum_mark else {}
+        )
+        return (
+            checksum
+            | {
+                tenant.OWNER: self.conf.deployment_id,
+                tenant.POLICY: self.policy.name,
+                tenant.RUN: self.run_label,
+                tenant.CONSISTENCY: job.consistency,
             }
-            if job.group_id
-            else {}
+            | (
+                {
+                    tenant.GROUP: job.group_id,
+                    tenant.GROUP_SIZE: str(job.group_size),
+                }
+                if job.group_id
+                else {}
+            )
         )
 
     def _create_snapshot(self, job: Job) -> None:
@@ -637,8 +664,13 @@ class PolicyRun:
             for j in in_flight
             if j.outcome is None and j.backup_id is None and j.snapshot_id
         ]
+        for job in in_flight:
+            if job.outcome is None and job.checksum and job.checksum.done():
+                self._checksum_done(job)
         waiting_backup = [
-            j for j in in_flight if j.outcome is None and j.backup_id
+            j
+            for j in in_flight
+            if j.outcome is None and j.backup_id and j.checksum is None
         ]
         if waiting_snap:
             creating = backups.ids_in_status(
@@ -700,6 +732,9 @@ class PolicyRun:
                 job.notes.append("Cinder made a full backup")
             if job.snapshot_id:
                 job.notes.append(SNAPSHOT_NOTE)
+            if self.checksummer is not None:
+                self._start_checksum(job, backup)
+                return
             job.outcome = self.job_outcome(job, "ok", backup=backup)
             return
         reason = backup.fail_reason or f"status {backup.status}"
@@ -708,6 +743,52 @@ class PolicyRun:
             job, "error", f"backup failed: {reason}"
         )
         self._delete_failed_backup(job)
+
+    # -- checksums -------------------------------------------------------
+
+    def _start_checksum(self, job: Job, backup) -> None:
+        """Checksum what the backup copied, while its source still exists:
+        the driver's snapshot (volume mode) or our snapshot."""
+        job.done_backup = backup
+        job.checksum_step = self.journal.begin_step(
+            job.run_id,
+            steps.CHECKSUM,
+            target=job.target.volume_id,
+            details={"snapshot_id": job.snapshot_id},
+        )
+        self.journal.set_step_resource(job.checksum_step, job.backup_id)
+        if self._checksums is None:
+            self._checksums = concurrent.futures.ThreadPoolExecutor(
+                2, thread_name_prefix="cinderbak-checksum"
+            )
+        job.checksum = self._checksums.submit(
+            self.checksummer.of_backup_source,
+            job.target.volume_id,
+            job.backup_id,
+            job.snapshot_id,
+        )
+
+    def _checksum_done(self, job: Job) -> None:
+        """Record the checksum (journal, then the backup's marks); a
+        failure costs the checksum, never the backup."""
+        try:
+            found = job.checksum.result()
+        except Exception as exc:  # noqa: BLE001 - reported, backup kept
+            self.journal.fail_step(job.checksum_step, str(exc))
+            job.notes.append(f"no source checksum recorded: {exc}")
+        else:
+            self.journal.complete_step(
+                job.checksum_step, details=found.details()
+            )
+            job.checksum_mark = found.checksum.mark()
+            self._remark(job)
+            LOG.info(
+                "backup %s: source %s checksummed, %s",
+                job.backup_id,
+                found.source,
+                found.rate(),
+            )
+        job.outcome = self.job_outcome(job, "ok", backup=job.done_backup)
 
     # -- finishing -------------------------------------------------------
 
@@ -780,6 +861,7 @@ class PolicyRun:
             job.outcome.status, states.FAILED
         )
         self.journal.finish_run(job.run_id, state, job.outcome.as_dict())
+        metrics.record_backup(self.policy.name, job.outcome.status)
         if job.outcome.status == "ok":
             self._write_back(job.target, None, job.backup_id)
         elif job.outcome.status == "error":

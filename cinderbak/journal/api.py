@@ -694,6 +694,21 @@ class Journal:
         )
         return self._steps(query, any_host)
 
+    def steps_of_resource(
+        self, kind: StepKind | str, resource_id: str
+    ) -> list[StepRecord]:
+        """Steps of one kind that acted on a resource, of any host, oldest
+        first (e.g. the checksum recorded for a backup)."""
+        query = (
+            sa.select(models.Step)
+            .where(
+                models.Step.kind == StepKind(kind),
+                models.Step.resource_id == resource_id,
+            )
+            .order_by(models.Step.id)
+        )
+        return self._steps(query, any_host=True)
+
     def _steps(
         self, query: sa.Select[tuple[models.Step]], any_host: bool
     ) -> list[StepRecord]:

@@ -124,6 +124,7 @@ class Step(Base):
         sa.Index("ix_steps_run_id", "run_id"),
         sa.Index("ix_steps_kind_state", "kind", "state"),
         sa.Index("ix_steps_state", "state"),
+        sa.Index("ix_steps_resource_id", "resource_id"),
         # Never reuse an id on SQLite, even after the newest run is pruned.
         {"sqlite_autoincrement": True},
     )

@@ -33,6 +33,17 @@ class StepKind(enum.StrEnum):
     METADATA_WRITE = "metadata_write"
     """Status written back into a volume's metadata for its tenant."""
 
+    CHECKSUM = "checksum"
+    """A checksum of a backup's source image, taken on the volume cluster
+    when the backup was done; resource_id is the backup id."""
+
+    SCRATCH_CREATE = "scratch_create"
+    """A scratch volume a backup is restored into to verify it;
+    resource_id is the scratch volume's id. Open: recovery deletes it."""
+
+    SCRATCH_DELETE = "scratch_delete"
+    """Removal of a verification's scratch volume."""
+
 
 FREEZE = StepKind.FREEZE
 THAW = StepKind.THAW
@@ -41,6 +52,9 @@ SNAPSHOT_DELETE = StepKind.SNAPSHOT_DELETE
 BACKUP_CREATE = StepKind.BACKUP_CREATE
 BACKUP_DELETE = StepKind.BACKUP_DELETE
 METADATA_WRITE = StepKind.METADATA_WRITE
+CHECKSUM = StepKind.CHECKSUM
+SCRATCH_CREATE = StepKind.SCRATCH_CREATE
+SCRATCH_DELETE = StepKind.SCRATCH_DELETE
 
 EXPECTED_PARENT = "expected_parent"
 """Key of a ``backup_create`` step's details: the backup cinderbak

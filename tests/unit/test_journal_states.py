@@ -167,6 +167,9 @@ def test_module_level_aliases():
         "backup_create",
         "backup_delete",
         "metadata_write",
+        "checksum",
+        "scratch_create",
+        "scratch_delete",
     }
 
 
