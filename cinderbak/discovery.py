@@ -114,14 +114,32 @@ def target_of(
     )
 
 
+SCRATCH_PREFIX = "cinderbak-verify-"
+
+
+def is_scratch(volume: Volume, service_project_id: str) -> bool:
+    """Whether a volume is a verification's scratch volume: never a target.
+
+    A restore copies the source volume's metadata (its opt-in included)
+    onto the scratch volume, so it is known by where it lives and what it
+    is called: tenants cannot create volumes in the service project.
+    """
+    return (volume.project_id or "") == service_project_id and (
+        volume.name or ""
+    ).startswith(SCRATCH_PREFIX)
+
+
 def volumes_of_policy(cloud: Cloud, policy: Policy) -> Iterator[Volume]:
     """Yield every volume, in every project, that names ``policy``."""
     # The SDK sends ``properties`` as Cinder's ``metadata`` filter; Cinder
     # parses it as a literal, so it must be a JSON string, not a dict.
     query = json.dumps({tenant.POLICY: policy.name})
-    yield from cloud.service.block_storage.volumes(
+    ours = cloud.service.current_project_id
+    for volume in cloud.service.block_storage.volumes(
         details=True, all_projects=True, properties=query, limit=PAGE_SIZE
-    )
+    ):
+        if not is_scratch(volume, ours):
+            yield volume
 
 
 def discover(
@@ -148,6 +166,7 @@ def audit(cloud: Cloud, policies: Mapping[str, Policy]) -> list[Problem]:
             details=True, all_projects=True, limit=PAGE_SIZE
         )
         if any(key.startswith(tenant.PREFIX) for key in volume.metadata or {})
+        and not is_scratch(volume, cloud.service.current_project_id)
     )
     return [
         item

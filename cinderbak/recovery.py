@@ -18,7 +18,15 @@ import threading
 from openstack import exceptions as sdk_exceptions
 from oslo_log import log as logging
 
-from cinderbak import backups, chains, discovery, policy, tenant
+from cinderbak import (
+    backups,
+    chains,
+    discovery,
+    expiry,
+    policy,
+    tenant,
+    verify,
+)
 from cinderbak.journal import (
     InvalidTransition,
     RunRecord,
@@ -116,7 +124,16 @@ def recover(parts: Parts, stop: threading.Event) -> list[Outcome]:
     finish_snapshot_deletions(parts, stop)
     by_policy: dict[str, list[RunRecord]] = collections.defaultdict(list)
     for record in parts.journal.unfinished_runs():
-        by_policy[record.policy].append(record)
+        if record.policy.startswith(verify.RUN_PREFIX):
+            settle_verification(parts, record)
+        elif record.policy.startswith(expiry.RUN_PREFIX):
+            parts.journal.finish_run(
+                record.id,
+                states.FAILED,
+                {"error": "interrupted; the next pass plans again"},
+            )
+        else:
+            by_policy[record.policy].append(record)
     outcomes: list[Outcome] = []
     for name, records in sorted(by_policy.items()):
         known = parts.policies.get(name) or policy.fallback_policy(name)
@@ -138,6 +155,54 @@ def recover(parts: Parts, stop: threading.Event) -> list[Outcome]:
             )
             outcomes.extend(run.drive([], [job]))
     return outcomes
+
+
+def settle_verification(parts: Parts, record: RunRecord) -> None:
+    """Delete the scratch volume of an interrupted verification and end
+    it; the backup is picked again by a later pass (it was not marked)."""
+    journal = parts.journal
+    created = _last(record, steps.SCRATCH_CREATE)
+    deleted = _last(record, steps.SCRATCH_DELETE)
+    scratch = created.resource_id if created else None
+    if created is not None and scratch is None:
+        scratch = _scratch_by_name(parts, record.target)
+    error = "interrupted by a stop; verified again at a later pass"
+    if scratch and not (deleted and deleted.state is states.DONE):
+        step = deleted.id if deleted and deleted.is_open else None
+        if step is None:
+            step = journal.begin_step(
+                record.id, steps.SCRATCH_DELETE, target=scratch, details={}
+            )
+            journal.set_step_resource(step, scratch)
+        try:
+            verify.delete_scratch(parts.cloud, scratch)
+        except Exception as exc:  # noqa: BLE001 - the open step retries
+            LOG.warning(
+                "recovery: scratch volume %s not deleted: %s", scratch, exc
+            )
+            error += f"; scratch volume {scratch} not deleted yet: {exc}"
+        else:
+            journal.complete_step(step)
+            LOG.info("recovery: deleted scratch volume %s", scratch)
+    if created is not None and created.is_open:
+        journal.fail_step(created.id, "interrupted")
+    journal.finish_run(record.id, states.FAILED, {"error": error})
+
+
+def _scratch_by_name(parts: Parts, backup_id: str) -> str | None:
+    """The scratch volume a killed verification created before the
+    journal learnt its id: our project, our name for it."""
+    storage = parts.cloud.service.block_storage
+    for volume in parts.cloud.call(
+        lambda: list(
+            storage.volumes(name=discovery.SCRATCH_PREFIX + backup_id)
+        )
+    ):
+        if discovery.is_scratch(
+            volume, parts.cloud.service.current_project_id
+        ):
+            return volume.id
+    return None
 
 
 def _last(record: RunRecord, kind: steps.StepKind) -> StepRecord | None:

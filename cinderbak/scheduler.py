@@ -39,7 +39,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import discovery, expiry, recovery, systemd
+from cinderbak import discovery, expiry, recovery, systemd, verify
 from cinderbak.journal import (
     InvalidTransition,
     Journal,
@@ -116,6 +116,7 @@ PRUNE_JOB = "cinderbak:prune"
 EXPIRY_JOB = "cinderbak:expiry"
 HEARTBEAT_JOB = "cinderbak:heartbeat"
 CATCH_UP_SUFFIX = "@catch-up"
+VERIFY_SUFFIX = "@verify"
 """Job ids: a policy's job is its name. Policy names cannot contain ':'
 or '@', so internal jobs and catch-up runs never collide with one."""
 
@@ -365,6 +366,7 @@ class Daemon:
         due = recovery.missed_runs(self.parts, now)
         for name in sorted(self.parts.policies):
             self._add_policy_job(self.parts.policies[name])
+            self._add_verify_job(self.parts.policies[name])
         for name in sorted(n for n, is_due in due.items() if is_due):
             LOG.info(
                 "policy %s: no run recorded for its slot at %s, still "
@@ -433,6 +435,24 @@ class Daemon:
             max_instances=1,
             misfire_grace_time=policy.misfire_grace_time,
             replace_existing=replace,
+        )
+
+    def _add_verify_job(self, policy: Policy) -> None:
+        """(Re)schedule the policy's verification passes, if it has any."""
+        job_id = policy.name + VERIFY_SUFFIX
+        if self.scheduler.get_job(job_id) is not None:
+            self.scheduler.remove_job(job_id)
+        if policy.verify_schedule is None:
+            return
+        self.scheduler.add_job(
+            self._verify,
+            policy.verify_schedule.trigger(policy.jitter),
+            args=[policy.name],
+            id=job_id,
+            name=f"verification of policy {policy.name}",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=policy.misfire_grace_time,
         )
 
     def _add_service_jobs(self, now: datetime.datetime) -> None:
@@ -685,6 +705,33 @@ class Daemon:
         finally:
             self._release("expiry")
 
+    def _verify(self, name: str) -> None:
+        """One verification pass of a policy; failures are logged, the
+        next pass tries again."""
+        key = name + VERIFY_SUFFIX
+        known = self.parts.policies.get(name)
+        if known is None or self.stop.is_set() or self._claim(key, key):
+            return
+        try:
+            rows = verify.Verifier(self.parts, stop=self.stop).verify_policy(
+                known, _utcnow()
+            )
+            failed = sum(row.result == "failed" for row in rows)
+            LOG.info(
+                "policy %s: verification pass: %d verified, %d failed",
+                name,
+                len(rows),
+                failed,
+            )
+        except Exception:
+            LOG.exception(
+                "policy %s: verification pass failed; tried again at the "
+                "next one",
+                name,
+            )
+        finally:
+            self._release(key)
+
     def _prune(self) -> None:
         if self.stop.is_set() or self._claim("prune", "journal pruning"):
             return
@@ -800,7 +847,11 @@ class Daemon:
             return False
         changes = plan_changes(self.parts.policies, new)
         for name in changes.removed:
-            for job_id in (name, name + CATCH_UP_SUFFIX):
+            for job_id in (
+                name,
+                name + CATCH_UP_SUFFIX,
+                name + VERIFY_SUFFIX,
+            ):
                 try:
                     self.scheduler.remove_job(job_id)
                 except JobLookupError:
@@ -808,6 +859,8 @@ class Daemon:
         self.parts.policies = new
         for name in changes.added + changes.rescheduled:
             self._add_policy_job(new[name], replace=True)
+        for name in sorted(new):
+            self._add_verify_job(new[name])
         if len(new) + 2 > self._pool:
             LOG.warning(
                 "%d policies now share %d worker threads; runs may wait "

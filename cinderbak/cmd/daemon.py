@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import logs, opts, policy, scheduler, service
+from cinderbak import logs, metrics, opts, policy, scheduler, service
 from cinderbak.cloud import CloudTooOld
 from cinderbak.version import version_string
 
@@ -92,6 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         LOG.exception("cannot start")
         return EXIT_FAILURE
+    try:
+        metrics.serve(conf)
+    except OSError as exc:
+        LOG.error("cannot serve metrics: %s", exc)
+        return EXIT_CONFIG
     daemon = scheduler.Daemon(parts, functools.partial(reread_policies, argv))
     daemon.start()
     while (signum := signal.sigwait(SIGNALS)) == signal.SIGHUP:

@@ -1,0 +1,129 @@
+"""`cinderbak verify` against the real stack: restore, compare, conclude.
+
+A backup's source is checksummed on cluster A when the backup is done;
+verification restores it over a scratch volume and compares. Corrupting
+one object of the backup image on cluster B (a raw RADOS write, as a
+failing disk or a bug would) must fail verification loudly while the
+backup itself is kept.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+
+import rbd
+
+from tests import localstack
+from tests.functional.test_run_once import _pattern
+
+MIB = 1024 * 1024
+
+
+def _policy(stack, tmp_path, name: str, transfer_mode: str) -> str:
+    ceph_a = stack.ceph("a")
+    readonly = stack.readonly_user
+    return f"""
+        [volume_cluster]
+        conf = {ceph_a.conf}
+        user = {readonly.user}
+        keyring = {readonly.keyring}
+        pools = {ceph_a.pool}
+        [verify]
+        scratch_dir = {tmp_path}/scratch
+        [policy:{name}]
+        schedule = every 1d
+        transfer_mode = {transfer_mode}
+        verify_sample = 1
+        """
+
+
+def _backed_up(cinderbak, name: str, volume_id: str) -> dict:
+    rows = cinderbak.run(
+        "run-once", "--policy", name, "--no-audit", check=True
+    )
+    (row,) = [r for r in rows if r["volume_id"] == volume_id]
+    assert row["status"] == "ok", row
+    return row
+
+
+def _scratch_volumes(admin, backup_id: str) -> list:
+    return [
+        v
+        for v in admin.block_storage.volumes(all_projects=True)
+        if v.name == f"cinderbak-verify-{backup_id}"
+    ]
+
+
+def _corrupt_backup_object(stack, backup_id: str) -> str:
+    """Overwrite 4 KiB of the first data object of the backup's image on
+    cluster B, below RBD (no snapshot context: the snapshot that holds the
+    backup reads the damaged object). Return the object's name."""
+    image, _snap = localstack.backup_snapshot(stack, backup_id)
+    with localstack.ioctx(stack, "b") as io:
+        with rbd.Image(io, image, read_only=True) as img:
+            prefix = img.block_name_prefix()
+        name = f"{prefix}.{0:016x}"
+        io.write(name, b"\xde\xad\xbe\xef" * 1024, 8192)
+    return name
+
+
+def test_verify_passes_then_catches_a_corrupted_backup_and_keeps_it(
+    stack, alice, admin, make_volume, cinderbak_config, tmp_path
+):
+    name = f"vfy-{uuid.uuid4().hex[:8]}"
+    cinderbak = cinderbak_config(_policy(stack, tmp_path, name, "volume"))
+    volume = make_volume(alice, metadata={"cinderbak:policy": name})
+    localstack.write_volume(stack, volume.id, 0, _pattern("v0", 16 * MIB))
+    localstack.write_volume(
+        stack, volume.id, 600 * MIB, _pattern("v1", 4 * MIB)
+    )
+    backup_id = _backed_up(cinderbak, name, volume.id)["backup_id"]
+    marks = alice.block_storage.get_backup(backup_id).metadata
+    assert marks["cinderbak:checksum"].startswith("sha256-4MiB:1073741824:")
+
+    (row,) = cinderbak.run("verify", backup_id)
+    assert cinderbak.last_returncode == 0, cinderbak.last_stderr
+    assert (row["result"], row["content"]) == ("ok", "match"), row
+    assert row["filesystem"] == "not-checked"  # raw data, no filesystem
+    assert row["restore_mib_s"] > 0 and row["check_mib_s"] > 0
+    verified = alice.block_storage.get_backup(backup_id).metadata
+    assert verified["cinderbak:verified"].startswith("ok ")
+    assert _scratch_volumes(admin, backup_id) == []
+
+    _corrupt_backup_object(stack, backup_id)
+    (row,) = cinderbak.run("verify", backup_id)
+    assert cinderbak.last_returncode == 1
+    assert (row["result"], row["content"]) == ("failed", "MISMATCH"), row
+    assert "VERIFICATION FAILED" in cinderbak.last_stderr
+    assert backup_id in cinderbak.last_stderr
+    kept = alice.block_storage.get_backup(backup_id)
+    assert kept.status == "available"
+    assert kept.metadata["cinderbak:verified"].startswith("failed ")
+    assert "MISMATCH" in kept.metadata["cinderbak:verified"]
+    assert _scratch_volumes(admin, backup_id) == []
+
+
+def test_policy_pass_checks_the_filesystem_of_a_snapshot_mode_backup(
+    stack, alice, admin, make_volume, cinderbak_config, tmp_path
+):
+    name = f"vfs-{uuid.uuid4().hex[:8]}"
+    cinderbak = cinderbak_config(_policy(stack, tmp_path, name, "snapshot"))
+    volume = make_volume(alice, metadata={"cinderbak:policy": name})
+    fs_image = tmp_path / "fs.img"
+    subprocess.run(["truncate", "-s", "64M", str(fs_image)], check=True)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", "vfs", str(fs_image)], check=True
+    )
+    localstack.write_volume(stack, volume.id, 0, fs_image.read_bytes())
+    backup_id = _backed_up(cinderbak, name, volume.id)["backup_id"]
+
+    rows = cinderbak.run("verify", "--policy", name)
+    assert cinderbak.last_returncode == 0, cinderbak.last_stderr
+    (row,) = [r for r in rows if r["backup_id"] == backup_id]
+    assert (row["result"], row["content"], row["filesystem"]) == (
+        "ok",
+        "match",
+        "clean",
+    ), row
+    assert _scratch_volumes(admin, backup_id) == []
