@@ -336,8 +336,7 @@ class Verifier:
         )
         self.journal.set_step_resource(step, scratch_id)
         try:
-            delete_scratch(self.cloud, scratch_id)
-            self._wait_gone(scratch_id, self.clock() + 600)
+            delete_scratch(self.cloud, scratch_id, stop=self.stop)
         except Exception as exc:  # noqa: BLE001 - retried by recovery
             LOG.warning(
                 "scratch volume %s not deleted yet (%s); recovery retries",
@@ -420,29 +419,48 @@ class Verifier:
             if self.stop.wait(self.conf.poll_interval):
                 raise RuntimeError("stopping")
 
-    def _wait_gone(self, volume_id: str, deadline: float) -> None:
-        """Wait until a deleted volume is gone: its space and quota are
-        free again before the next verification starts."""
-        storage = self.cloud.service.block_storage
-        while self.cloud.call(
-            storage.find_volume, volume_id, ignore_missing=True
-        ):
-            if self.clock() >= deadline:
-                raise TimeoutError(f"volume {volume_id} still deleting")
-            self.stop.wait(self.conf.poll_interval)
+
+# A volume in these states cannot be deleted yet; a restore that was
+# under way when its verifier died ends by itself.
+_BUSY = frozenset({"creating", "restoring-backup", "downloading"})
 
 
-def delete_scratch(cloud, scratch_id: str) -> None:
-    """Delete a scratch volume, after checking it is one."""
+def delete_scratch(
+    cloud,
+    scratch_id: str,
+    *,
+    timeout: float = 900,
+    interval: float = 2.0,
+    stop: threading.Event | None = None,
+) -> None:
+    """Delete a scratch volume, after checking it is one, and wait until
+    it is gone: its space and quota are free before the next one.
+
+    Raise TimeoutError when it stays busy or deleting past ``timeout``.
+    """
     storage = cloud.service.block_storage
-    volume = cloud.call(storage.find_volume, scratch_id, ignore_missing=True)
-    if volume is None:
-        return
-    if not is_scratch(volume, cloud.service.current_project_id):
-        raise RuntimeError(
-            f"volume {scratch_id} is not a scratch volume of ours; left alone"
+    stop = stop or threading.Event()
+    deadline = time.monotonic() + timeout
+    asked = False
+    while True:
+        volume = cloud.call(
+            storage.find_volume, scratch_id, ignore_missing=True
         )
-    cloud.call(storage.delete_volume, scratch_id, ignore_missing=True)
+        if volume is None:
+            return
+        if not is_scratch(volume, cloud.service.current_project_id):
+            raise RuntimeError(
+                f"volume {scratch_id} is not a scratch volume of ours; "
+                "left alone"
+            )
+        if not asked and volume.status not in _BUSY:
+            cloud.call(storage.delete_volume, scratch_id, ignore_missing=True)
+            asked = True
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"scratch volume {scratch_id} still {volume.status}"
+            )
+        stop.wait(interval)
 
 
 def verify_one(parts, backup_id: str, now: datetime.datetime) -> VerifyRow:

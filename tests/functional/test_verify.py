@@ -9,12 +9,21 @@ backup itself is kept.
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
+import threading
+import time
+import urllib.request
 import uuid
 
 import rbd
+from oslo_config import cfg
 
+from cinderbak import opts, recovery, service
 from tests import localstack
+from tests.functional.conftest import CINDERBAK
+from tests.functional.test_daemon import Daemons, wait_until
 from tests.functional.test_run_once import _pattern
 
 MIB = 1024 * 1024
@@ -127,3 +136,107 @@ def test_policy_pass_checks_the_filesystem_of_a_snapshot_mode_backup(
         "clean",
     ), row
     assert _scratch_volumes(admin, backup_id) == []
+
+
+def test_start_up_recovery_deletes_the_scratch_volume_of_a_killed_verify(
+    stack, alice, admin, make_volume, cinderbak_config, tmp_path
+):
+    name = f"vfk-{uuid.uuid4().hex[:8]}"
+    cinderbak = cinderbak_config(_policy(stack, tmp_path, name, "volume"))
+    volume = make_volume(alice, metadata={"cinderbak:policy": name})
+    localstack.write_volume(stack, volume.id, 0, _pattern("k0", 64 * MIB))
+    backup_id = _backed_up(cinderbak, name, volume.id)["backup_id"]
+
+    verifying = subprocess.Popen(
+        [
+            str(CINDERBAK),
+            "--config-file",
+            str(cinderbak.path),
+            "verify",
+            backup_id,
+        ],
+        env=cinderbak.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _scratch_volumes(admin, backup_id):
+            assert verifying.poll() is None, "verify ended before the kill"
+            assert time.monotonic() < deadline, "no scratch volume appeared"
+            time.sleep(0.2)
+    finally:
+        verifying.send_signal(signal.SIGKILL)
+        verifying.wait()
+    assert _scratch_volumes(admin, backup_id), "the kill came too late"
+
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    conf(
+        args=[f"--config-file={cinderbak.path}"],
+        project="cinderbak",
+        default_config_files=[],
+    )
+    parts = service.build(conf)
+    try:
+        recovery.recover(parts, threading.Event())
+        (run,) = parts.journal.runs(policy=f"verify:{name}")
+    finally:
+        parts.close()
+    assert _scratch_volumes(admin, backup_id) == []
+    assert run.state == "failed" and "interrupted" in run.summary["error"]
+    backup = alice.block_storage.get_backup(backup_id)
+    assert backup.status == "available"
+    assert "cinderbak:verified" not in backup.metadata
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_daemon_verifies_on_its_schedule_and_exports_metrics(
+    stack, alice, make_volume, cinderbak_config, clouds_env, tmp_path
+):
+    name = f"vfd-{uuid.uuid4().hex[:8]}"
+    port = _free_port()
+    cinderbak = cinderbak_config(
+        _policy(stack, tmp_path, name, "volume")
+        + f"""
+        verify_schedule = every 10s
+        [metrics]
+        port = {port}
+        """
+    )
+    volume = make_volume(alice, metadata={"cinderbak:policy": name})
+    localstack.write_volume(stack, volume.id, 0, _pattern("d0", 8 * MIB))
+    backup_id = _backed_up(cinderbak, name, volume.id)["backup_id"]
+    # The backup schedule (daily) does not fire during the test; the
+    # verification schedule does.
+    daemons = Daemons(tmp_path, clouds_env)
+    try:
+        daemon = daemons.start(cinderbak)
+        journal = daemons.journal()
+        (run,) = wait_until(
+            lambda: [
+                r for r in journal.runs(policy=f"verify:{name}") if r.is_final
+            ],
+            120,
+            "a scheduled verification",
+            daemon=daemon,
+        )
+        assert run.target == backup_id and run.summary["result"] == "ok", run
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/metrics", timeout=10
+        ) as answer:
+            exported = answer.read().decode()
+        assert (
+            f'cinderbak_verifications_total{{policy="{name}",result="ok"}}'
+            in exported
+        ), exported
+        marks = alice.block_storage.get_backup(backup_id).metadata
+        assert marks["cinderbak:verified"].startswith("ok ")
+        assert daemon.stop() == 0
+    finally:
+        daemons.kill_all()
