@@ -48,16 +48,14 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 
 import openstack.connection
-import sqlalchemy as sa
 from openstack import exceptions as sdk_exceptions
 from oslo_config import cfg
 from oslo_log import log as logging
-from sqlalchemy import orm
 
 from cinderbak import backups, chains, discovery, retention, tenant
 from cinderbak.chains import BackupInfo
 from cinderbak.cloud import NoRoleInProject
-from cinderbak.journal import Journal, models, states, steps
+from cinderbak.journal import Journal, states, steps
 from cinderbak.policy import Ownership, Policy
 
 LOG = logging.getLogger(__name__)
@@ -102,7 +100,6 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
 RUN_PREFIX = "expire:"
 RUN_TARGET = "expiry"
 PAGE_SIZE = 500
-_IN_BATCH = 500  # ids per SQL IN (...) list
 
 # Results of a deletion, as shown in the ``result`` column.
 DRY_RUN = "dry run: would delete"
@@ -298,47 +295,6 @@ def select_policies(
     return [policies[name] for name in chosen]
 
 
-def _journal_projects(journal: Journal, policy: str) -> set[str]:
-    """Projects the journal has runs of ``policy`` in.
-
-    A read-only query on the journal's tables; it belongs in
-    :class:`~cinderbak.journal.Journal` (to be moved there).
-    """
-    run = models.Run
-    query = (
-        sa.select(run.project_id)
-        .where(run.policy == policy, run.project_id.is_not(None))
-        .distinct()
-    )
-    with orm.Session(journal.engine) as session:
-        return {value for value in session.scalars(query) if value}
-
-
-def _recorded_parents(journal: Journal, ids: Iterable[str]) -> dict[str, str]:
-    """Map each backup id cinderbak created as an incremental to the
-    parent it expected (journal step ``backup_create``).
-
-    A read-only query on the journal's tables; it belongs in
-    :class:`~cinderbak.journal.Journal` (to be moved there).
-    """
-    step = models.Step
-    wanted = sorted(set(ids))
-    found: dict[str, str] = {}
-    with orm.Session(journal.engine) as session:
-        for start in range(0, len(wanted), _IN_BATCH):
-            query = sa.select(step.resource_id, step.details).where(
-                step.kind == steps.BACKUP_CREATE,
-                step.state == states.DONE,
-                step.resource_id.in_(wanted[start : start + _IN_BATCH]),
-            )
-            for backup_id, details in session.execute(query):
-                parent = (details or {}).get(steps.EXPECTED_PARENT)
-                asked = (details or {}).get("kind")
-                if parent and asked == chains.INCREMENTAL:
-                    found[backup_id] = str(parent)
-    return found
-
-
 class _Reader:
     """Gathers the plans of one policy."""
 
@@ -355,7 +311,7 @@ class _Reader:
         if self.policy.ownership is Ownership.SERVICE:
             return [self.cloud.service.current_project_id]
         projects = set(targets.values())
-        projects |= _journal_projects(self.parts.journal, self.policy.name)
+        projects |= self.parts.journal.projects_of_policy(self.policy.name)
         return sorted(projects)
 
     def connection(self, project_id: str) -> openstack.connection.Connection:
@@ -434,7 +390,7 @@ class _Reader:
                 for b in listed
                 if tenant.is_ours(dict(b.metadata or {}), self.deployment_id)
             }
-            parents = _recorded_parents(self.parts.journal, ours)
+            parents = self.parts.journal.expected_parents(ours)
             for volume_id in sorted(by_volume):
                 items = by_volume[volume_id]
                 if not any(b.id in ours for b in items):

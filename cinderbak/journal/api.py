@@ -28,7 +28,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Self
 
 import sqlalchemy as sa
@@ -40,6 +40,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 from sqlalchemy import orm
 
+from cinderbak.chains import INCREMENTAL
 from cinderbak.journal import models, options
 from cinderbak.journal.migrations import VERSION_TABLE
 from cinderbak.journal.models import to_utc
@@ -56,6 +57,7 @@ from cinderbak.journal.states import (
 from cinderbak.journal.steps import EXPECTED_PARENT, StepKind
 
 MIGRATIONS = "cinderbak.journal:migrations"
+_IN_BATCH = 500  # ids per SQL IN (...) list
 """Alembic script location as a package resource: no alembic.ini and no
 path relative to the working directory, so it works when installed."""
 
@@ -708,6 +710,37 @@ class Journal:
             .order_by(models.Step.id)
         )
         return self._steps(query, any_host=True)
+
+    def projects_of_policy(self, policy: str) -> set[str]:
+        """Projects that runs of ``policy`` were recorded in, of any host:
+        where backups of a policy may live even after its volumes left."""
+        run = models.Run
+        query = (
+            sa.select(run.project_id)
+            .where(run.policy == policy, run.project_id.is_not(None))
+            .distinct()
+        )
+        with self._read() as s:
+            return {value for value in s.scalars(query) if value}
+
+    def expected_parents(self, backup_ids: Iterable[str]) -> dict[str, str]:
+        """Map each backup id created as an incremental to the parent
+        expected when it was requested (its ``backup_create`` step)."""
+        step = models.Step
+        wanted = sorted(set(backup_ids))
+        found: dict[str, str] = {}
+        with self._read() as s:
+            for start in range(0, len(wanted), _IN_BATCH):
+                query = sa.select(step.resource_id, step.details).where(
+                    step.kind == StepKind.BACKUP_CREATE,
+                    step.state == StepState.DONE,
+                    step.resource_id.in_(wanted[start : start + _IN_BATCH]),
+                )
+                for backup_id, details in s.execute(query):
+                    parent = (details or {}).get(EXPECTED_PARENT)
+                    if parent and (details or {}).get("kind") == INCREMENTAL:
+                        found[backup_id] = str(parent)
+        return found
 
     def _steps(
         self, query: sa.Select[tuple[models.Step]], any_host: bool
