@@ -137,6 +137,12 @@ function configure_cinderbak {
     iniset "$conf" "$section" transfer_mode "$CINDERBAK_POLICY_TRANSFER_MODE"
     iniset "$conf" "$section" ownership "$CINDERBAK_POLICY_OWNERSHIP"
     iniset "$conf" "$section" quiesce "$CINDERBAK_POLICY_QUIESCE"
+    iniset "$conf" "$section" verify_sample "$CINDERBAK_POLICY_VERIFY_SAMPLE"
+    if [[ -n "$CINDERBAK_POLICY_VERIFY_SCHEDULE" ]]; then
+        iniset "$conf" "$section" verify_schedule \
+            "$CINDERBAK_POLICY_VERIFY_SCHEDULE"
+    fi
+    iniset "$conf" metrics port "$CINDERBAK_METRICS_PORT"
 }
 
 function start_cinderbak {
