@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from cliff.lister import Lister
 from oslo_config import cfg
 
-from cinderbak import journal, policy, scheduler
+from cinderbak import expiry, journal, policy, scheduler, verify
 from cinderbak.journal import Journal, RunRecord, StepRecord
 
 POLICY_COLUMNS = (
@@ -99,6 +99,30 @@ class _JournalLister(Lister):
             store.close()
 
 
+def schedule_of(
+    name: str, configured, now: datetime.datetime
+) -> tuple[str, datetime.datetime | None]:
+    """The schedule text and next time of a row: a policy's backups, its
+    verification passes (``verify:P``) or its expiry (``expire:P``)."""
+    for prefix in (verify.RUN_PREFIX, expiry.RUN_PREFIX):
+        if name.startswith(prefix):
+            known = configured.get(name[len(prefix) :])
+            break
+    else:
+        known = configured.get(name)
+        if known is None:
+            return "(not configured)", None
+        return known.schedule.text, scheduler.next_run(known, now)
+    if known is None:
+        return "(not configured)", None
+    if prefix == expiry.RUN_PREFIX:
+        return "after runs and at [daemon] expiry_interval", None
+    if known.verify_schedule is None:
+        return "on demand (cinderbak verify)", None
+    trigger = known.verify_schedule.trigger()
+    return known.verify_schedule.text, trigger.get_next_fire_time(None, now)
+
+
 class Status(_JournalLister):
     """Show each policy's schedule, last and next run, and work in flight.
 
@@ -126,7 +150,12 @@ class Status(_JournalLister):
     def rows(self, store: Journal, parsed_args):
         configured = configured_policies(self.app)
         slots = store.last_run_per_policy()
-        names = sorted(configured.keys() | slots.keys())
+        verifying = {
+            verify.RUN_PREFIX + name
+            for name, known in configured.items()
+            if known.verify_schedule is not None
+        }
+        names = sorted(configured.keys() | slots.keys() | verifying)
         if parsed_args.policy:
             names = [n for n in names if n == parsed_args.policy]
         if parsed_args.volumes:
@@ -139,12 +168,11 @@ class Status(_JournalLister):
             if run.target != scheduler.POLICY_TARGET:
                 in_flight[run.policy] = in_flight.get(run.policy, 0) + 1
         for name in names:
-            known = configured.get(name)
             yield self._policy_row(
-                store, name, known, slots.get(name), in_flight, now
+                store, name, configured, slots.get(name), in_flight, now
             )
 
-    def _policy_row(self, store, name, known, slot, in_flight, now):
+    def _policy_row(self, store, name, configured, slot, in_flight, now):
         last = store.runs(policy=name, target=scheduler.POLICY_TARGET, limit=1)
         if last:
             state = str(last[0].state)
@@ -160,10 +188,11 @@ class Status(_JournalLister):
         else:
             state = summary = ""
             last_slot = finished = None
+        schedule, next_at = schedule_of(name, configured, now)
         return (
             name,
-            known.schedule.text if known else "(not configured)",
-            when(scheduler.next_run(known, now)) if known else "",
+            schedule,
+            when(next_at),
             when(last_slot),
             state,
             summary,
