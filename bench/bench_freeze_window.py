@@ -21,13 +21,12 @@ import uuid
 
 import libvirt
 import openstack
-from oslo_config import cfg
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cinderbak import opts, service  # noqa: E402
-from tests import localstack  # noqa: E402
+from cinderbak import service  # noqa: E402
+from tests import configs, localstack  # noqa: E402
 
 SERVER = "6695eb01-f6a4-8304-79aa-97f2502e193f"  # test:///default's domain
 
@@ -92,14 +91,7 @@ def measure(stack, tenant, workdir, mode: str, count: int) -> float:
         for volume in volumes:
             tenant.block_storage.wait_for_status(volume, "available", wait=120)
             attach(tenant, volume.id)
-        conf = cfg.ConfigOpts()
-        opts.register_opts(conf)
-        conf(
-            args=[f"--config-file={config(stack, workdir, mode)}"],
-            project="cinderbak",
-            default_config_files=[],
-        )
-        parts = service.build(conf)
+        parts = configs.parts_from(config(stack, workdir, mode))
         try:
             outcomes = service.run_once(parts, ["bench"], audit=False)
         finally:

@@ -241,16 +241,11 @@ def judge_ext(
     """
     findings = e2fsck_findings(output)
     tool = f"e2fsck -fn exit {exit_code}"
-    if exit_code & ~(4 | 8):
-        return FsCheck(
-            fstype,
-            Result.NOT_CHECKED,
-            needs_recovery,
-            exit_code,
-            _summarize(f"{fstype} not checked: {tool}", findings),
-        )
-    if exit_code & 8 and any(
-        limit in f for f in findings for limit in _E2FSCK_TOOL_LIMITS
+    # Beyond "errors left" (4) and "operational error" (8), or an e2fsck
+    # too old for the filesystem: e2fsck could not judge it.
+    if exit_code & ~(4 | 8) or (
+        exit_code & 8
+        and any(limit in f for f in findings for limit in _E2FSCK_TOOL_LIMITS)
     ):
         return FsCheck(
             fstype,

@@ -121,20 +121,9 @@ class TinyGuest:
             self.env["TINYGUEST_STATE"] = str(state_dir)
 
     def run(self, *args: str, timeout: float = 600) -> str:
-        proc = subprocess.run(
-            [str(TOOL), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
+        return _checked(
+            "tinyguest", [str(TOOL)], args, timeout=timeout, env=self.env
         )
-        if proc.returncode != 0:
-            raise TinyGuestError(
-                f"tinyguest {' '.join(args)} exited {proc.returncode}:\n"
-                f"{proc.stderr}"
-            )
-        return proc.stdout
 
     def state(self) -> dict:
         return json.loads(self.run("status"))
@@ -447,16 +436,30 @@ def rbd(
     if shutil.which("rbd") is None:
         raise TinyGuestError("no rbd command (ceph-common)")
     cmd = ["rbd", "-c", str(conf), "--id", user, "--keyring", str(keyring)]
+    return _checked("rbd", cmd, args, timeout=timeout)
+
+
+def _checked(
+    what: str,
+    cmd: list[str],
+    args: tuple[str, ...],
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Run ``cmd + args``; return stdout, or raise TinyGuestError with
+    what failed and its stderr."""
     proc = subprocess.run(
         [*cmd, *args],
+        env=env,
         capture_output=True,
         text=True,
-        check=False,
         timeout=timeout,
+        check=False,
     )
     if proc.returncode != 0:
         raise TinyGuestError(
-            f"rbd {' '.join(args)} exited {proc.returncode}: "
+            f"{what} {' '.join(args)} exited {proc.returncode}:\n"
             f"{proc.stderr.strip()}"
         )
     return proc.stdout

@@ -19,11 +19,10 @@ import uuid
 import libvirt
 import pytest
 import rbd
-from oslo_config import cfg
 
-from cinderbak import opts, recovery, service
+from cinderbak import recovery, service
 from cinderbak.journal import Journal, steps
-from tests import localstack
+from tests import configs, localstack
 from tests.functional.conftest import config_text
 from tests.functional.test_run_once import attach_to_server
 
@@ -81,13 +80,7 @@ def _build(
                 pools = {ceph_a.pool}
                 """)
             )
-    conf = cfg.ConfigOpts()
-    opts.register_opts(conf)
-    conf(
-        args=[f"--config-file={path}"],
-        project="cinderbak",
-        default_config_files=[],
-    )
+    conf = configs.conf_from(path)
     return conf, service.build(conf)
 
 

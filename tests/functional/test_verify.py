@@ -9,6 +9,7 @@ backup itself is kept.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import socket
 import subprocess
@@ -17,11 +18,11 @@ import time
 import urllib.request
 import uuid
 
+import pytest
 import rbd
-from oslo_config import cfg
 
-from cinderbak import opts, recovery, service
-from tests import localstack
+from cinderbak import recovery
+from tests import configs, localstack
 from tests.functional.conftest import CINDERBAK
 from tests.functional.test_daemon import Daemons, wait_until
 from tests.functional.test_run_once import _pattern
@@ -77,17 +78,41 @@ def _corrupt_backup_object(stack, backup_id: str) -> str:
     return name
 
 
+@dataclasses.dataclass(frozen=True)
+class BackedUp:
+    name: str  # the policy, unique to the test
+    cinderbak: object  # the CLI runner with the test's config
+    volume_id: str
+    backup_id: str
+
+
+@pytest.fixture
+def backed_up(stack, alice, make_volume, cinderbak_config, tmp_path):
+    """Opt a new volume of alice's in to a policy of the test's own, write
+    ``writes`` (offset, bytes) into it, back it up with run-once."""
+
+    def make(mode: str, writes, extra: str = "") -> BackedUp:
+        name = f"vf-{uuid.uuid4().hex[:8]}"
+        cinderbak = cinderbak_config(
+            _policy(stack, tmp_path, name, mode) + extra
+        )
+        volume = make_volume(alice, metadata={"cinderbak:policy": name})
+        for offset, data in writes:
+            localstack.write_volume(stack, volume.id, offset, data)
+        row = _backed_up(cinderbak, name, volume.id)
+        return BackedUp(name, cinderbak, volume.id, row["backup_id"])
+
+    return make
+
+
 def test_verify_passes_then_catches_a_corrupted_backup_and_keeps_it(
-    stack, alice, admin, make_volume, cinderbak_config, tmp_path
+    stack, alice, admin, backed_up
 ):
-    name = f"vfy-{uuid.uuid4().hex[:8]}"
-    cinderbak = cinderbak_config(_policy(stack, tmp_path, name, "volume"))
-    volume = make_volume(alice, metadata={"cinderbak:policy": name})
-    localstack.write_volume(stack, volume.id, 0, _pattern("v0", 16 * MIB))
-    localstack.write_volume(
-        stack, volume.id, 600 * MIB, _pattern("v1", 4 * MIB)
+    made = backed_up(
+        "volume",
+        [(0, _pattern("v0", 16 * MIB)), (600 * MIB, _pattern("v1", 4 * MIB))],
     )
-    backup_id = _backed_up(cinderbak, name, volume.id)["backup_id"]
+    cinderbak, backup_id = made.cinderbak, made.backup_id
     marks = alice.block_storage.get_backup(backup_id).metadata
     assert marks["cinderbak:checksum"].startswith("sha256-4MiB:1073741824:")
 
@@ -114,20 +139,17 @@ def test_verify_passes_then_catches_a_corrupted_backup_and_keeps_it(
 
 
 def test_policy_pass_checks_the_filesystem_of_a_snapshot_mode_backup(
-    stack, alice, admin, make_volume, cinderbak_config, tmp_path
+    admin, backed_up, tmp_path
 ):
-    name = f"vfs-{uuid.uuid4().hex[:8]}"
-    cinderbak = cinderbak_config(_policy(stack, tmp_path, name, "snapshot"))
-    volume = make_volume(alice, metadata={"cinderbak:policy": name})
     fs_image = tmp_path / "fs.img"
     subprocess.run(["truncate", "-s", "64M", str(fs_image)], check=True)
     subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-L", "vfs", str(fs_image)], check=True
     )
-    localstack.write_volume(stack, volume.id, 0, fs_image.read_bytes())
-    backup_id = _backed_up(cinderbak, name, volume.id)["backup_id"]
+    made = backed_up("snapshot", [(0, fs_image.read_bytes())])
+    cinderbak, backup_id = made.cinderbak, made.backup_id
 
-    rows = cinderbak.run("verify", "--policy", name)
+    rows = cinderbak.run("verify", "--policy", made.name)
     assert cinderbak.last_returncode == 0, cinderbak.last_stderr
     (row,) = [r for r in rows if r["backup_id"] == backup_id]
     assert (row["result"], row["content"], row["filesystem"]) == (
@@ -139,13 +161,10 @@ def test_policy_pass_checks_the_filesystem_of_a_snapshot_mode_backup(
 
 
 def test_start_up_recovery_deletes_the_scratch_volume_of_a_killed_verify(
-    stack, alice, admin, make_volume, cinderbak_config, tmp_path
+    alice, admin, backed_up
 ):
-    name = f"vfk-{uuid.uuid4().hex[:8]}"
-    cinderbak = cinderbak_config(_policy(stack, tmp_path, name, "volume"))
-    volume = make_volume(alice, metadata={"cinderbak:policy": name})
-    localstack.write_volume(stack, volume.id, 0, _pattern("k0", 64 * MIB))
-    backup_id = _backed_up(cinderbak, name, volume.id)["backup_id"]
+    made = backed_up("volume", [(0, _pattern("k0", 64 * MIB))])
+    cinderbak, backup_id = made.cinderbak, made.backup_id
 
     verifying = subprocess.Popen(
         [
@@ -170,17 +189,10 @@ def test_start_up_recovery_deletes_the_scratch_volume_of_a_killed_verify(
         verifying.wait()
     assert _scratch_volumes(admin, backup_id), "the kill came too late"
 
-    conf = cfg.ConfigOpts()
-    opts.register_opts(conf)
-    conf(
-        args=[f"--config-file={cinderbak.path}"],
-        project="cinderbak",
-        default_config_files=[],
-    )
-    parts = service.build(conf)
+    parts = configs.parts_from(cinderbak.path)
     try:
         recovery.recover(parts, threading.Event())
-        (run,) = parts.journal.runs(policy=f"verify:{name}")
+        (run,) = parts.journal.runs(policy=f"verify:{made.name}")
     finally:
         parts.close()
     assert _scratch_volumes(admin, backup_id) == []
@@ -197,21 +209,19 @@ def _free_port() -> int:
 
 
 def test_daemon_verifies_on_its_schedule_and_exports_metrics(
-    stack, alice, make_volume, cinderbak_config, clouds_env, tmp_path
+    alice, backed_up, clouds_env, tmp_path
 ):
-    name = f"vfd-{uuid.uuid4().hex[:8]}"
     port = _free_port()
-    cinderbak = cinderbak_config(
-        _policy(stack, tmp_path, name, "volume")
-        + f"""
+    made = backed_up(
+        "volume",
+        [(0, _pattern("d0", 8 * MIB))],
+        f"""
         verify_schedule = every 10s
         [metrics]
         port = {port}
-        """
+        """,
     )
-    volume = make_volume(alice, metadata={"cinderbak:policy": name})
-    localstack.write_volume(stack, volume.id, 0, _pattern("d0", 8 * MIB))
-    backup_id = _backed_up(cinderbak, name, volume.id)["backup_id"]
+    name, cinderbak, backup_id = made.name, made.cinderbak, made.backup_id
     # The backup schedule (daily) does not fire during the test; the
     # verification schedule does.
     daemons = Daemons(tmp_path, clouds_env)
