@@ -411,11 +411,12 @@ def next_backup_kind(
     backup should be a full or an incremental, and why.
 
     The chain measured is the one Cinder would extend: that of the newest
-    available backup. A full is due when there is no available backup of
-    ours, when that parent is not ours (an incremental would pin a
-    tenant's backup), when the newest backup is not available (older
-    Cinder refuses the incremental), when the chain is broken or unknown,
-    or when it reached ``full_every``'s count or age.
+    *available* backup by data timestamp (Cinder ignores backups in any
+    other state when it picks the parent, so a failed backup after a dead
+    backup service does not force fulls). A full is due when there is no
+    available backup of ours, when that parent is not ours (an incremental
+    would pin a tenant's backup), when the chain is broken or unknown, or
+    when it reached ``full_every``'s count or age.
     """
     now = _aware(now, "now")
     if not any(b.ours and b.status == AVAILABLE for b in history):
@@ -423,13 +424,11 @@ def next_backup_kind(
     if full_every.incrementals == 0:
         return FULL, "full_every=0: every backup is a full"
     chains = Chains(history)
-    parent = newest = -1
+    parent = -1
     for i in range(len(chains.backups)):
         if chains.data[i] >= now:
             continue
         key = (chains.data[i], chains.created[i], chains.backups[i].id)
-        if newest < 0 or key > _key(chains, newest):
-            newest = i
         if chains.backups[i].status == AVAILABLE and (
             parent < 0 or key > _key(chains, parent)
         ):
@@ -437,12 +436,6 @@ def next_backup_kind(
     if parent < 0:
         return FULL, "no available backup older than now to build on"
     p = chains.backups[parent]
-    if newest != parent:
-        b = chains.backups[newest]
-        return FULL, (
-            f"the newest backup {b.id} is {b.status}: Cinder would choose "
-            f"it as the parent and refuse an incremental"
-        )
     if not p.ours:
         return FULL, (
             f"an incremental would build on {p.id}, which is not ours; "

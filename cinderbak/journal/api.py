@@ -467,6 +467,10 @@ class Journal:
             raise ValueError(f"{state} is not a final run state")
         now = self._now()
         with self._locked_run(run_id) as row:
+            if row.state == RunState(state):
+                # Settling twice (recovery replayed, two settlers racing)
+                # is a no-op: the first outcome stands.
+                return _run_record(row)
             row.state = check_run_transition(
                 row.state, state, what=f"run {run_id}"
             )
@@ -569,7 +573,8 @@ class Journal:
     ) -> StepRecord:
         """Mark the step DONE; *details* are merged into the recorded ones.
 
-        Raise InvalidTransition unless the step is INTENT or ACTING.
+        A step already DONE stays as it is (no-op); raise
+        InvalidTransition from FAILED or UNDONE.
         """
         return self._finish_step(
             step_id, StepState.DONE, None, resource_id, details
@@ -621,6 +626,9 @@ class Journal:
     ) -> StepRecord:
         now = self._now()
         with self._locked_step(step_id) as row:
+            if row.state == state:
+                # Already there: a replayed settlement changes nothing.
+                return _step_record(row)
             row.state = check_step_transition(
                 row.state, state, what=f"step {step_id}"
             )

@@ -244,6 +244,8 @@ class FreezeWindow:
                 self.thaw_errors[server] = exc
                 LOG.error("%s", ThawFailed(server, str(exc), code=exc.code))
                 return
+        # The hook records the window: its end is this server's thaw.
+        self._ended = time.monotonic()
         self._run_thawed_hook(server)
 
     def _rethaw_late(self, server: ServerRef) -> None:

@@ -230,6 +230,8 @@ def test_window_freezes_for_the_block_and_hooks_fire_in_order(quiescer):
     def thawed(server, window):
         events.append(("thawed", server))
         assert window.thawed[server] == 2
+        # The journal's thaw step records this: never None here.
+        assert window.duration is not None and window.duration > 0
 
     with freeze_window(
         quiescer,

@@ -612,11 +612,12 @@ SIX = chains.FullEvery(incrementals=6, max_age=30 * DAY)
             "full",
             "the chain's full d1 is 52d 9h old (full_every 6, 30d)",
         ),
+        # Cinder picks the newest *available* backup as the parent: a
+        # newer backup in error or creating does not stop an incremental.
         (
             [mk("d1", at(1)), mk("d2", at(2), status="error")],
-            "full",
-            "the newest backup d2 is error: Cinder would choose it as the "
-            "parent and refuse an incremental",
+            "incremental",
+            "incremental #1 on d1",
         ),
         (
             [mk("d1", at(1)), mk("manual", at(2), ours=False)],
@@ -630,8 +631,8 @@ SIX = chains.FullEvery(incrementals=6, max_age=30 * DAY)
         ),
         (
             [mk("d1", at(1)), mk("d2", at(2), inc=True, status="creating")],
-            "full",
-            "the newest backup d2 is creating",
+            "incremental",
+            "incremental #1 on d1",
         ),
     ],
 )
