@@ -6,14 +6,17 @@ quota arithmetic, and deleting a temporary snapshot once Cinder lets go.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 import openstack.connection
 from openstack import exceptions as sdk_exceptions
 from oslo_log import log as logging
 
-from cinderbak import tenant
+from cinderbak import listing, tenant
 from cinderbak.chains import BackupInfo
 from cinderbak.cloud import Cloud
 
@@ -51,6 +54,59 @@ def to_info(backup, deployment_id: str) -> BackupInfo:
     )
 
 
+def info_from_dict(item: Mapping[str, Any], deployment_id: str) -> BackupInfo:
+    """Convert a backup as listed (decoded JSON) to the planner's view."""
+    metadata = dict(item.get("metadata") or {})
+    try:
+        held = tenant.is_held(item["id"], metadata)
+    except tenant.MetadataError as exc:
+        LOG.warning("%s; keeping the backup as held", exc)
+        held = True
+    created = parse_time(item.get("created_at"))
+    return BackupInfo(
+        id=item["id"],
+        created_at=created,
+        data_timestamp=parse_time(item.get("data_timestamp")) or created,
+        is_incremental=bool(item.get("is_incremental")),
+        status=item.get("status") or "",
+        ours=tenant.is_ours(metadata, deployment_id),
+        held=held,
+        has_dependent_backups=bool(item.get("has_dependent_backups")),
+    )
+
+
+def history_by_volume(
+    cloud: Cloud,
+    conn: openstack.connection.Connection,
+    deployment_id: str,
+    trusted: Mapping[str, set[str]] | None = None,
+) -> dict[str, list[BackupInfo]]:
+    """Return every backup in the connection's project, by volume: one
+    paged listing per project and run instead of one per volume.
+
+    Foreign backups are included on purpose: Cinder may pick one of them
+    as the parent of our next incremental. ``trusted`` maps volume ids to
+    the backups our journal created for them: where the journal knows a
+    volume, an owner mark on a backup it did not create is a tenant's
+    forgery and the backup is treated as foreign (never chained onto).
+    """
+    found: dict[str, list[BackupInfo]] = {}
+    for item in listing.pages(cloud, conn, "/backups/detail", "backups"):
+        info = info_from_dict(item, deployment_id)
+        volume_id = item.get("volume_id") or ""
+        known = (trusted or {}).get(volume_id)
+        if info.ours and known and info.id not in known:
+            LOG.warning(
+                "backup %s of volume %s carries our owner mark but our "
+                "journal never created it; treated as not ours",
+                info.id,
+                volume_id,
+            )
+            info = dataclasses.replace(info, ours=False)
+        found.setdefault(volume_id, []).append(info)
+    return found
+
+
 def history(
     conn: openstack.connection.Connection, volume_id: str, deployment_id: str
 ) -> list[BackupInfo]:
@@ -86,21 +142,29 @@ def ids_in_status(cloud: Cloud, kind: str, status: str) -> set[str]:
     )
 
 
-def quota_shortfall(quota, size_gb: int) -> str | None:
+def quota_shortfall(
+    quota: Any, size_gb: int, already: tuple[int, int] = (0, 0)
+) -> str | None:
     """Given a project's quota set with usage, say what one more backup of
-    ``size_gb`` would exceed, or return None if it fits.
+    ``size_gb`` would exceed, or return None if it fits. ``already`` is
+    (backups, gigabytes) this run asked for since the quota was read.
 
     Cinder reserves the full volume size for every backup, incremental or
     not, so that is what is checked.
     """
     problems = []
-    for resource, needed in (("backups", 1), ("backup_gigabytes", size_gb)):
+    for resource, needed, taken in (
+        ("backups", 1, already[0]),
+        ("backup_gigabytes", size_gb, already[1]),
+    ):
         limit = getattr(quota, resource, None)
         if limit is None or limit < 0:
             continue
-        used = (quota.usage or {}).get(resource, 0) + (
-            quota.reservation or {}
-        ).get(resource, 0)
+        used = (
+            (quota.usage or {}).get(resource, 0)
+            + (quota.reservation or {}).get(resource, 0)
+            + taken
+        )
         if used + needed > limit:
             problems.append(
                 f"{resource} quota {limit} has {limit - used} left, "

@@ -10,7 +10,8 @@ a tenant's project the same user acts with a token scoped to that project
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import openstack
@@ -53,6 +54,14 @@ OPTS = [
         "reads and deletes).",
     ),
     cfg.FloatOpt(
+        "api_timeout",
+        default=60.0,
+        min=1.0,
+        help="Seconds to wait for Keystone or Cinder to connect and to "
+        "answer one request. A request held longer fails like a dropped "
+        "connection: reads are retried, creates are looked up first.",
+    ),
+    cfg.FloatOpt(
         "api_retry_max_wait",
         default=60.0,
         min=0.0,
@@ -90,59 +99,109 @@ class NoRoleInProject(RuntimeError):
     """The service user cannot act in a volume's project."""
 
 
-_RETRY_ALWAYS = {429, 503}
-_RETRY_IDEMPOTENT = {500, 502, 504}
+_REFUSALS = {429, 503}
+"""Statuses that say the request was not carried out: safe to repeat."""
+_MAYBE_DONE = {500, 502, 504}
+"""Statuses after which the request may have been carried out."""
 
 T = TypeVar("T")
 
+API_ERRORS = (sdk_exceptions.SDKException, ks_exceptions.ClientException)
+"""What a call to the cloud raises when the cloud fails it: openstacksdk
+wraps most keystoneauth errors, but not all (a token request, raw
+requests), so callers that must not die catch both."""
 
-def _status_of(exc: BaseException) -> int | None:
-    return getattr(exc, "status_code", None) or getattr(
-        getattr(exc, "response", None), "status_code", None
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """The exception and its causes: the SDK wraps keystoneauth's errors
+    (a Keystone 503 for a project token arrives as a plain SDKException)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status behind ``exc`` or its causes, if any."""
+    for item in _chain(exc):
+        for status in (
+            getattr(item, "status_code", None),
+            getattr(item, "http_status", None),
+            getattr(getattr(item, "response", None), "status_code", None),
+        ):
+            if isinstance(status, int):
+                return status
+    return None
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return any(
+        isinstance(item, ks_exceptions.ConnectionError) for item in _chain(exc)
     )
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Whether the request certainly never reached the server (the
+    connection was refused), as opposed to a reset or a time-out after
+    it may have been carried out."""
+    return _is_connection_error(exc) and any(
+        "NewConnectionError" in repr(item) or "Connection refused" in str(item)
+        for item in _chain(exc)
+    )
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether the API said it did not carry the request out and asks to
+    be tried again: 429, 503, or 413 with a Retry-After (Cinder's rate
+    limit; a 413 without one is an exceeded quota, not worth repeating)."""
+    if never_sent(exc):
+        return True
+    status = status_of(exc)
+    if status in _REFUSALS:
+        return True
+    return status == 413 and _retry_after(exc) is not None
+
+
+def is_uncertain(exc: BaseException) -> bool:
+    """Whether a failed request may nevertheless have been carried out:
+    a dropped connection, a time-out, or a 500/502/504."""
+    if is_refusal(exc):
+        return False
+    return _is_connection_error(exc) or status_of(exc) in _MAYBE_DONE
 
 
 def is_retryable(exc: BaseException, idempotent: bool) -> bool:
     """Return whether repeating the failed call can do no harm.
 
-    A refused connection never reached the API, and 429/503 are explicit
-    refusals. A 500/502/504 may hide a request that was carried out, so
-    only reads and deletes are repeated after those.
+    A refusal (see :func:`is_refusal`) is always repeated. A request
+    that may have been carried out (see :func:`is_uncertain`) is
+    repeated only when doing it twice is harmless: reads and deletes.
+    Creates go through :meth:`Cloud.create`, which looks first.
     """
-    if isinstance(exc, ks_exceptions.ConnectFailure):
-        return True
-    status = _status_of(exc)
-    if status in _RETRY_ALWAYS:
-        return True
-    return idempotent and status in _RETRY_IDEMPOTENT
+    return is_refusal(exc) or (idempotent and is_uncertain(exc))
 
 
 def _is_auth_refusal(exc: BaseException) -> bool:
-    """Return whether Keystone refused the credentials or the scope.
-
-    The SDK wraps keystoneauth's error in a plain SDKException, so the
-    cause chain is searched too.
-    """
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(
-            seen, ks_exceptions.Unauthorized | ks_exceptions.Forbidden
-        ) or _status_of(seen) in (401, 403):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    """Return whether Keystone refused the credentials or the scope."""
+    return any(
+        isinstance(item, ks_exceptions.Unauthorized | ks_exceptions.Forbidden)
+        for item in _chain(exc)
+    ) or status_of(exc) in (401, 403)
 
 
 def _retry_after(exc: BaseException | None) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None) or {}
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
+    for item in _chain(exc):
+        response = getattr(item, "response", None)
+        headers = getattr(response, "headers", None) or {}
+        value = headers.get("Retry-After")
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return None  # an HTTP date: fall back to our own backoff
+    return None
 
 
 class Cloud:
@@ -165,6 +224,7 @@ class Cloud:
             "block_storage_api_version": "3",
             "region_name": conf.cloud.region_name,
             "interface": conf.cloud.interface,
+            "api_timeout": conf.cloud.api_timeout,
         }
         if conf.cloud.cloud:
             if project_id is None:
@@ -185,7 +245,11 @@ class Cloud:
             conf, AUTH_GROUP, **overrides
         )
         session = ks_loading.load_session_from_conf_options(
-            conf, AUTH_GROUP, auth=auth
+            conf,
+            AUTH_GROUP,
+            auth=auth,
+            timeout=getattr(conf, AUTH_GROUP).timeout
+            or conf.cloud.api_timeout,
         )
         return openstack.connection.Connection(session=session, **options)
 
@@ -257,6 +321,59 @@ class Cloud:
             reraise=True,
         )
         return retrying(func, *args, **kwargs)
+
+    def create(
+        self,
+        create: Callable[..., T],
+        find: Callable[[], T | None],
+        **attrs: object,
+    ) -> T:
+        """Create a resource exactly once, whatever the network does.
+
+        ``find`` looks the resource up by what makes it unique to the
+        journal step that asks for it (its run's name on its volume).
+        After an uncertain failure (the request may have been carried
+        out) it is called before the create is repeated, and what it
+        finds is adopted; a refusal is repeated after the API's
+        Retry-After or our backoff. Anything else is raised.
+        """
+        attempts = self._conf.cloud.api_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return create(**attrs)
+            except API_ERRORS as exc:
+                if attempt == attempts:
+                    raise
+                if is_uncertain(exc):
+                    found = self.call(find)
+                    if found is not None:
+                        LOG.warning(
+                            "create %s: the answer was lost (%s) but the "
+                            "request was carried out; adopting it",
+                            getattr(create, "__name__", create),
+                            exc,
+                        )
+                        return found
+                elif not is_refusal(exc):
+                    raise
+                delay = self._delay(exc, attempt)
+                LOG.warning(
+                    "create %s failed (%s); retry %d in %.1f s",
+                    getattr(create, "__name__", create),
+                    exc,
+                    attempt,
+                    delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _delay(self, exc: BaseException, attempt: int) -> float:
+        hinted = _retry_after(exc)
+        if hinted is not None:
+            return min(hinted, self._conf.cloud.api_retry_max_wait)
+        return float(
+            min(2.0 ** (attempt - 1), self._conf.cloud.api_retry_max_wait)
+        )
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         hinted = _retry_after(state.outcome.exception())

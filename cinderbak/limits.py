@@ -16,24 +16,36 @@ from oslo_config import cfg
 OPTS = [
     cfg.IntOpt(
         "max_in_flight",
-        default=4,
+        default=0,
+        min=0,
+        help="Cap on backups (and their temporary snapshots) in flight at "
+        "once across all policies. 0: follow the backup services, i.e. "
+        "the cinder-backup services up times per_backup_service, read "
+        "from os-services at each run; a 413 from Cinder halves it for "
+        "the run and each success adds one back.",
+    ),
+    cfg.IntOpt(
+        "per_backup_service",
+        default=15,
         min=1,
-        help="Backups (and their temporary snapshots) in flight at once "
-        "across all policies. Keep it below the backup services' "
-        "backup_max_operations so no request waits in Cinder's queue.",
+        help="Backups one cinder-backup service takes at once: Cinder's "
+        "own backup_max_operations (15 by default). Set it to what the "
+        "backup hosts are configured with.",
     ),
     cfg.IntOpt(
         "max_in_flight_per_project",
-        default=2,
-        min=1,
-        help="Backups in flight at once for one project, so a tenant with "
-        "many volumes cannot starve the others.",
+        default=0,
+        min=0,
+        help="Backups in flight at once for one project; 0 for no cap of "
+        "its own. Fairness does not depend on it: queued work starts "
+        "round-robin across projects (see doc/source/engine.rst).",
     ),
     cfg.IntOpt(
         "max_in_flight_per_zone",
-        default=4,
-        min=1,
-        help="Backups in flight at once on one backup availability zone.",
+        default=0,
+        min=0,
+        help="Backups in flight at once on one backup availability zone; "
+        "0 for no cap of its own.",
     ),
 ]
 
@@ -61,7 +73,7 @@ class Limiter:
     @classmethod
     def from_conf(cls, conf: cfg.ConfigOpts) -> Limiter:
         return cls(
-            conf.limits.max_in_flight,
+            conf.limits.max_in_flight or conf.limits.per_backup_service,
             conf.limits.max_in_flight_per_project,
             conf.limits.max_in_flight_per_zone,
         )
@@ -91,7 +103,20 @@ class Limiter:
 
     @staticmethod
     def _fits(used: int, limit: int, count: int) -> bool:
+        if limit <= 0:
+            return True  # no cap of its own
         return used + count <= limit or (used == 0 and count > limit)
+
+    def set_total(self, total: int) -> None:
+        """Change the global limit (the services' capacity changed); work
+        in flight keeps its slots."""
+        with self._lock:
+            self._total = max(1, total)
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return self._total
 
     def release(self, project: str, zone: str | None, count: int = 1) -> None:
         zone = zone or ""
@@ -104,3 +129,27 @@ class Limiter:
     def in_use(self) -> int:
         with self._lock:
             return self._in_use
+
+
+class ServerLocks:
+    """One freeze at a time per server, across every policy run of the
+    process: a second policy's group for a frozen server waits its turn
+    instead of overlapping (and ending) the first one's freeze."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders: dict[str, str] = {}
+
+    def try_acquire(self, server_id: str, holder: str) -> bool:
+        with self._lock:
+            current = self._holders.setdefault(server_id, holder)
+            return current == holder
+
+    def release(self, server_id: str, holder: str) -> None:
+        with self._lock:
+            if self._holders.get(server_id) == holder:
+                del self._holders[server_id]
+
+    def holder(self, server_id: str) -> str | None:
+        with self._lock:
+            return self._holders.get(server_id)

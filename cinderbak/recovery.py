@@ -12,14 +12,16 @@ creates, so nothing leaks and nothing is created twice.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import datetime
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from openstack import exceptions as sdk_exceptions
 from oslo_log import log as logging
 
 from cinderbak import (
-    backups,
     chains,
     discovery,
     expiry,
@@ -27,17 +29,18 @@ from cinderbak import (
     tenant,
     verify,
 )
+from cinderbak.cloud import API_ERRORS
 from cinderbak.journal import (
-    InvalidTransition,
     RunRecord,
     StepRecord,
     states,
     steps,
 )
+from cinderbak.phases import Phase
 from cinderbak.quiesce.base import QuiesceError, ServerRef
 from cinderbak.service import Parts
 from cinderbak.summary import Outcome
-from cinderbak.workflow import Job, PolicyRun, resource_name
+from cinderbak.workflow import Job, PolicyRun, resource_name, write_back
 
 LOG = logging.getLogger(__name__)
 
@@ -78,51 +81,129 @@ def thaw_left_frozen(parts: Parts) -> int:
     return thawed
 
 
-def finish_snapshot_deletions(
-    parts: Parts, stop: threading.Event, timeout: float = 600
-) -> int:
-    """Delete temporary snapshots whose deletion is still open; return how
-    many are gone now.
+def sweep(parts: Parts) -> dict[str, int]:
+    """Settle what finished runs left behind; return counts of what moved.
 
-    A snapshot stuck in ``creating`` (volume service down) cannot be
-    deleted when its run ends; once the service is back it can. The
-    service user does it: it may act in every project.
+    Convergent and idempotent: each pass looks at what Cinder says now
+    about every temporary snapshot and every unsettled backup of ours the
+    journal knows, and takes one step towards the end state (a snapshot
+    deleted, an error backup deleted, a late available backup recorded).
+    Running it again, or twice at once, does nothing more. The daemon
+    runs it at start-up and on ``[daemon] sweep_interval``; ``run-once``
+    runs it first.
     """
-    done = 0
-    for step in parts.journal.open_steps(kind=steps.SNAPSHOT_DELETE):
-        if step.resource_id is None:
-            continue
-        try:
-            backups.delete_snapshot_when_free(
-                parts.cloud,
-                parts.cloud.service,
-                step.resource_id,
-                timeout=timeout,
-                stop=stop,
-            )
-        except (sdk_exceptions.SDKException, TimeoutError) as exc:
-            LOG.warning(
-                "recovery: snapshot %s not deleted yet: %s",
-                step.resource_id,
-                exc,
-            )
-            continue
-        try:
-            parts.journal.complete_step(step.id)
-        except InvalidTransition:
-            continue  # the run that owns it finished the deletion itself
+    counts: collections.Counter[str] = collections.Counter()
+    journal = parts.journal
+    for step in journal.unsettled_creations(steps.SNAPSHOT_CREATE):
+        counts[_sweep_snapshot(parts, step)] += 1
+    for step in journal.unsettled_creations(steps.BACKUP_CREATE):
+        counts[_sweep_backup(parts, step)] += 1
+    # Deletions requested before a stop and never confirmed.
+    for step in journal.open_steps(kind=steps.SNAPSHOT_DELETE):
+        if step.resource_id and _gone(
+            parts,
+            parts.cloud.service.block_storage.get_snapshot,
+            step.resource_id,
+        ):
+            journal.complete_step(step.id)
+            counts["snapshot deletion confirmed"] += 1
+    counts.pop("waiting", None)
+    if counts:
         LOG.info(
-            "recovery: deleted leaked temporary snapshot %s", step.resource_id
+            "sweep: %s",
+            ", ".join(f"{n} {what}" for what, n in sorted(counts.items())),
         )
-        done += 1
-    return done
+    return dict(counts)
+
+
+def _gone(parts: Parts, get: Callable[[str], Any], resource_id: str) -> bool:
+    try:
+        parts.cloud.call(get, resource_id)
+    except sdk_exceptions.NotFoundException:
+        return True
+    return False
+
+
+def _sweep_snapshot(parts: Parts, step: StepRecord) -> str:
+    """One temporary snapshot of a finished run: gone, deleted, or left
+    for a later pass while something still reads it."""
+    storage = parts.cloud.service.block_storage
+    snapshot_id = str(step.resource_id)
+    try:
+        snapshot = parts.cloud.call(storage.get_snapshot, snapshot_id)
+    except sdk_exceptions.NotFoundException:
+        parts.journal.undo_step(step.id, "temporary snapshot deleted")
+        return "snapshots confirmed gone"
+    except API_ERRORS as exc:
+        LOG.warning("sweep: snapshot %s: %s", snapshot_id, exc)
+        return "waiting"
+    if snapshot.status not in ("available", "error"):
+        return "waiting"  # creating, backing-up, deleting
+    try:
+        parts.cloud.call(
+            storage.delete_snapshot, snapshot_id, ignore_missing=True
+        )
+    except API_ERRORS as exc:
+        LOG.warning("sweep: snapshot %s not deleted: %s", snapshot_id, exc)
+        return "waiting"
+    LOG.info(
+        "sweep: deleting leaked temporary snapshot %s of volume %s",
+        snapshot_id,
+        step.target,
+    )
+    return "snapshot deletions requested"
+
+
+def _sweep_backup(parts: Parts, step: StepRecord) -> str:
+    """One backup of ours whose run ended without settling it: an error
+    backup (no data) is deleted; a late available one is recorded."""
+    storage = parts.cloud.service.block_storage
+    backup_id = str(step.resource_id)
+    try:
+        backup = parts.cloud.call(storage.get_backup, backup_id)
+    except sdk_exceptions.NotFoundException:
+        parts.journal.undo_step(step.id, "the backup is gone")
+        return "backups confirmed gone"
+    except API_ERRORS as exc:
+        LOG.warning("sweep: backup %s: %s", backup_id, exc)
+        return "waiting"
+    if backup.status == "available" and step.is_open:
+        parts.journal.complete_step(
+            step.id,
+            details={
+                "is_incremental": backup.is_incremental,
+                "size_gb": backup.size,
+                "settled_by": "sweep",
+            },
+        )
+        write_back(parts.conf, parts.cloud, step.target, None, backup_id)
+        return "late backups recorded available"
+    if backup.status != "error":
+        return "waiting"
+    if step.is_open:
+        parts.journal.fail_step(step.id, backup.fail_reason or "error")
+    try:
+        parts.cloud.call(storage.delete_backup, backup_id, ignore_missing=True)
+    except API_ERRORS as exc:
+        LOG.warning("sweep: error backup %s not deleted: %s", backup_id, exc)
+        return "waiting"
+    LOG.info("sweep: deleting our error backup %s", backup_id)
+    return "error backups deleted"
 
 
 def recover(parts: Parts, stop: threading.Event) -> list[Outcome]:
-    """Settle every unfinished run of this host; return their outcomes."""
+    """Settle every unfinished run of this host; return their outcomes.
+
+    Each run is rebuilt from the journal into a job in the phase its
+    steps show and carried on by the same engine as a fresh run; runs of
+    one (policy, slot) share one engine, slots are settled in parallel
+    (bounded). A resource that vanished meanwhile settles its job at
+    once. Safe to repeat: a settled record is a no-op.
+    """
     thaw_left_frozen(parts)
-    finish_snapshot_deletions(parts, stop)
-    by_policy: dict[str, list[RunRecord]] = collections.defaultdict(list)
+    by_slot: dict[tuple[str, Any], list[RunRecord]] = collections.defaultdict(
+        list
+    )
     for record in parts.journal.unfinished_runs():
         if record.policy.startswith(verify.RUN_PREFIX):
             settle_verification(parts, record)
@@ -132,29 +213,59 @@ def recover(parts: Parts, stop: threading.Event) -> list[Outcome]:
                 states.FAILED,
                 {"error": "interrupted; the next pass plans again"},
             )
-        else:
-            by_policy[record.policy].append(record)
+        elif record.target != POLICY_TARGET:
+            by_slot[(record.policy, record.scheduled_at)].append(record)
     outcomes: list[Outcome] = []
-    for name, records in sorted(by_policy.items()):
-        known = parts.policies.get(name) or policy.fallback_policy(name)
-        for record in records:
-            run = PolicyRun.for_parts(
-                parts, known, record.scheduled_at, stop=stop
-            )
+    with concurrent.futures.ThreadPoolExecutor(
+        RECOVERY_WORKERS, thread_name_prefix="cinderbak-recovery"
+    ) as pool:
+        for result in pool.map(
+            lambda item: _recover_slot(parts, stop, *item),
+            sorted(by_slot.items(), key=lambda kv: (kv[0][0], kv[0][1])),
+        ):
+            outcomes.extend(result)
+    sweep(parts)
+    return outcomes
+
+
+RECOVERY_WORKERS = 4
+POLICY_TARGET = "*"
+
+
+def _recover_slot(
+    parts: Parts,
+    stop: threading.Event,
+    key: tuple[str, Any],
+    records: list[RunRecord],
+) -> list[Outcome]:
+    name, scheduled_at = key
+    known = parts.policies.get(name) or policy.fallback_policy(name)
+    run = PolicyRun.for_parts(parts, known, scheduled_at, stop=stop)
+    jobs = []
+    for record in records:
+        try:
             job = _job_for(parts, run, record)
-            if job is None:
-                continue
-            LOG.info(
-                "recovery: run %s of %s on %s: %s",
+        except API_ERRORS as exc:
+            LOG.warning(
+                "recovery: run %s of %s on %s: cannot read it now (%s); "
+                "the next start tries again",
                 record.id,
                 name,
                 record.target,
-                job.outcome.status
-                if job.outcome
-                else "waiting for its backup",
+                exc,
             )
-            outcomes.extend(run.drive([], [job]))
-    return outcomes
+            continue
+        if job is None:
+            continue
+        LOG.info(
+            "recovery: run %s of %s on %s: %s",
+            record.id,
+            name,
+            record.target,
+            job.outcome.status if job.outcome else f"resumed {job.phase}",
+        )
+        jobs.append(job)
+    return run.drive([], jobs) if jobs else []
 
 
 def settle_verification(parts: Parts, record: RunRecord) -> None:
@@ -211,7 +322,8 @@ def _last(record: RunRecord, kind: steps.StepKind) -> StepRecord | None:
 
 
 def _job_for(parts: Parts, run: PolicyRun, record: RunRecord) -> Job | None:
-    """Rebuild the in-memory job of an interrupted run, or settle it."""
+    """Rebuild the job of an interrupted run in the phase its journal
+    shows, or settle the run at once."""
     journal = parts.journal
     if record.state is states.PENDING:
         journal.finish_run(
@@ -252,9 +364,15 @@ def _job_for(parts: Parts, run: PolicyRun, record: RunRecord) -> Job | None:
         kind_reason="resumed after a restart",
         expected_parent=details.get("expected_parent"),
         consistency=details.get("consistency", "crash"),
+        phase=Phase.COPYING,
     )
     job.started = run.clock()
     job.deadline = job.started + run.policy.backup_timeout
+    for step in record.steps or ():
+        if step.kind == steps.CHECKSUM and step.is_open:
+            # Killed while checksumming: the backup is taken again from
+            # the listing and checksummed anew if its source still exists.
+            journal.fail_step(step.id, "interrupted by a stop")
     if snapshot_step is not None:
         job.snapshot_step = snapshot_step.id
         job.snapshot_id = snapshot_step.resource_id or _adopt(
@@ -267,7 +385,10 @@ def _job_for(parts: Parts, run: PolicyRun, record: RunRecord) -> Job | None:
             "interrupted before the backup was requested; "
             "the next scheduled run backs the volume up",
         )
+        if snapshot_step is not None and snapshot_step.is_open:
+            journal.fail_step(snapshot_step.id, "interrupted by a stop")
         return job
+    job.phase = Phase.BACKING_UP
     job.backup_step = backup_step.id
     job.backup_id = backup_step.resource_id or _adopt(
         parts, conn.block_storage.backups, backup_step, run
@@ -278,6 +399,9 @@ def _job_for(parts: Parts, run: PolicyRun, record: RunRecord) -> Job | None:
             "error",
             "interrupted while requesting the backup; Cinder never created it",
         )
+    else:
+        job.backup_open = True
+        job.submitted = job.started
     return job
 
 

@@ -46,6 +46,7 @@ from cinderbak.journal import (
     RunRecord,
     StepRecord,
     states,
+    steps,
 )
 from cinderbak.policy import Policy
 from cinderbak.service import Parts
@@ -100,6 +101,16 @@ OPTS = [
         "earlier and backups of volumes deleted since. 0 disables it.",
     ),
     cfg.IntOpt(
+        "sweep_interval",
+        default=600,
+        min=0,
+        help="Seconds between two sweeps, which settle what finished runs "
+        "left behind: temporary snapshots not yet deleted (a volume "
+        "service that was down), our backups in error, backups that "
+        "became available after their run gave up. Also run at start-up "
+        "and by run-once. 0 disables the periodic sweep.",
+    ),
+    cfg.IntOpt(
         "prune_interval",
         default=86400,
         min=0,
@@ -113,6 +124,7 @@ POLICY_TARGET = "*"
 
 AUDIT_JOB = "cinderbak:audit"
 PRUNE_JOB = "cinderbak:prune"
+SWEEP_JOB = "cinderbak:sweep"
 EXPIRY_JOB = "cinderbak:expiry"
 HEARTBEAT_JOB = "cinderbak:heartbeat"
 CATCH_UP_SUFFIX = "@catch-up"
@@ -473,6 +485,13 @@ class Daemon:
                 daemon.expiry_interval,
                 None,
             ),
+            (
+                SWEEP_JOB,
+                "sweep of leftovers",
+                self._sweep,
+                daemon.sweep_interval,
+                None,
+            ),
             # Soon after start too, so frequent restarts still prune.
             (
                 PRUNE_JOB,
@@ -584,13 +603,31 @@ class Daemon:
             LOG.info("policy %s, slot %s: taken by another worker", name, slot)
             return
         LOG.info("policy %s, slot %s: run started", name, slot)
+        self._run_started_slot(handle.id, known, policies, slot)
+
+    def _run_started_slot(
+        self,
+        run_id: str,
+        known: Policy,
+        policies: Mapping[str, Policy],
+        slot: datetime.datetime,
+    ) -> None:
+        """Discover and back up a slot whose policy-level run is RUNNING;
+        the number of volumes found is journaled first, so an
+        interrupted slot is never settled as a success with fewer."""
+        journal = self.parts.journal
+        name = known.name
         try:
             found = discovery.discover(self.parts.cloud, policies, [name])
+            step = journal.begin_step(
+                run_id, steps.DISCOVER, target=POLICY_TARGET
+            )
+            journal.complete_step(step, details={"volumes": len(found)})
             run = PolicyRun.for_parts(self.parts, known, slot, stop=self.stop)
             outcomes = run.execute(found)
         except Exception as exc:
             journal.finish_run(
-                handle.id,
+                run_id,
                 states.FAILED,
                 {"error": f"{type(exc).__name__}: {exc}"},
             )
@@ -608,7 +645,7 @@ class Daemon:
             )
             return
         state = slot_state(summary)
-        journal.finish_run(handle.id, state, summary)
+        journal.finish_run(run_id, state, summary)
         LOG.info(
             "policy %s, slot %s: %s (%s)",
             name,
@@ -732,6 +769,16 @@ class Daemon:
         finally:
             self._release(key)
 
+    def _sweep(self) -> None:
+        if self.stop.is_set() or self._claim("sweep", "sweep"):
+            return
+        try:
+            recovery.sweep(self.parts)
+        except Exception:
+            LOG.exception("sweep failed; tried again at the next interval")
+        finally:
+            self._release("sweep")
+
     def _prune(self) -> None:
         if self.stop.is_set() or self._claim("prune", "journal pruning"):
             return
@@ -755,6 +802,7 @@ class Daemon:
             slots = [r for r in unfinished if r.target == POLICY_TARGET]
             if not unfinished and not frozen:
                 LOG.info("recovery: the journal has no unfinished run")
+                recovery.sweep(self.parts)
                 return
             found = collections.Counter(str(r.state) for r in volumes)
             LOG.info(
@@ -798,6 +846,38 @@ class Daemon:
                 {"error": "the daemon stopped before this run started"},
             )
             return
+        discovered = [
+            s for s in record.steps or () if s.kind == steps.DISCOVER
+        ]
+        known = self.parts.policies.get(record.policy)
+        if not discovered:
+            late = (_utcnow() - record.scheduled_at).total_seconds()
+            if known is not None and late <= known.misfire_grace_time:
+                # Killed before its volumes were known: the slot runs now
+                # (each volume's run is keyed by the slot: never twice).
+                LOG.info(
+                    "recovery: policy %s, slot %s was interrupted before "
+                    "discovery; running it now",
+                    record.policy,
+                    record.scheduled_at,
+                )
+                self._run_started_slot(
+                    record.id,
+                    known,
+                    self.parts.policies,
+                    record.scheduled_at,
+                )
+                return
+            journal.finish_run(
+                record.id,
+                states.FAILED,
+                {
+                    "error": "interrupted before its volumes were "
+                    "discovered, and past misfire_grace_time: no volume "
+                    "was backed up in this slot"
+                },
+            )
+            return
         runs = [
             r
             for r in journal.runs(policy=record.policy, limit=100_000)
@@ -805,6 +885,10 @@ class Daemon:
             and r.target != POLICY_TARGET
         ]
         summary = summary_from_states(r.state for r in runs)
+        found = int(discovered[-1].details.get("volumes", 0))
+        # Volumes found but never given a run: not a success.
+        summary["interrupted"] += max(0, found - len(runs))
+        summary["volumes"] = max(summary["volumes"], found)
         summary["note"] = (
             "the daemon stopped during this run; start-up recovery "
             "finished its volumes' runs"

@@ -15,7 +15,7 @@ from cinderbak import consistency, discovery, journal, policy
 from cinderbak.checksums import SourceChecksummer
 from cinderbak.cloud import Cloud
 from cinderbak.consistency import SourceSnapshotObserver
-from cinderbak.limits import Limiter
+from cinderbak.limits import Limiter, ServerLocks
 from cinderbak.quiesce.base import Quiescer
 from cinderbak.summary import Outcome
 from cinderbak.volume_cluster import VolumeCluster
@@ -39,6 +39,8 @@ class Parts:
     volume_cluster: VolumeCluster | None = None
     observer: SourceSnapshotObserver | None = None
     checksummer: SourceChecksummer | None = None
+    # One freeze at a time per server, whichever policy asks.
+    server_locks: ServerLocks = dataclasses.field(default_factory=ServerLocks)
 
     def close(self) -> None:
         self.quiescer.close()

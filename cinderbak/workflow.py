@@ -1,36 +1,52 @@
 """One scheduled run of a policy, from opted-in volumes to finished backups.
 
 A run prepares a job per volume (checks, ownership, full or incremental,
-quota), then drives all jobs from a single loop: it starts what the limits
-allow and polls Cinder with one list call per resource kind for everything
-in flight, instead of one GET per backup. Every action is written to the
-journal before it is taken and marked done after, so a restart knows what
-was in flight. One volume's failure is that volume's outcome only.
+quota; each project's backup history and quota read once), then drives
+all jobs from a single loop: it starts queued work round-robin across
+projects as capacity allows, and observes Cinder with one listing per
+resource kind for everything in flight. Each job's phase is explicit
+(:mod:`cinderbak.phases`); the rules of who starts, how many, and when
+the backup service counts as gone are pure (:mod:`cinderbak.runplan`).
+Every action is written to the journal before it is taken and marked done
+after, so a restart knows what was in flight. One volume's failure is
+that volume's outcome only.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import datetime
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import openstack.connection
-from keystoneauth1 import exceptions as ks_exceptions
 from openstack import exceptions as sdk_exceptions
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import backups, chains, consistency, metrics, tenant
-from cinderbak.checksums import SourceChecksummer
-from cinderbak.cloud import Cloud, NoRoleInProject
+from cinderbak import (
+    backups,
+    chains,
+    consistency,
+    listing,
+    metrics,
+    phases,
+    runplan,
+    tenant,
+)
+from cinderbak import cloud as cloud_mod
+from cinderbak.checksums import Checksummed, SourceChecksummer
+from cinderbak.cloud import API_ERRORS, Cloud, NoRoleInProject
 from cinderbak.consistency import SourceSnapshotObserver
 from cinderbak.discovery import Problem, Target
 from cinderbak.journal import Journal, states, steps
-from cinderbak.limits import Limiter
+from cinderbak.limits import Limiter, ServerLocks
+from cinderbak.phases import Phase
 from cinderbak.policy import Ownership, Policy, TransferMode
 from cinderbak.quiesce.base import (
     Quiescer,
@@ -90,9 +106,9 @@ SNAPSHOT_NOTE = (
 )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Job:
-    """Mutable state of one volume's backup within one run."""
+    """One volume's backup within one run; its phase says where it is."""
 
     target: Target
     run_id: str
@@ -100,28 +116,52 @@ class Job:
     kind: str
     kind_reason: str
     expected_parent: str | None
+    phase: Phase = Phase.QUEUED
     consistency: str = "crash"
     notes: list[str] = dataclasses.field(default_factory=list)
     snapshot_id: str | None = None
     snapshot_step: int | None = None
+    snapshot_delete_step: int | None = None
+    snapshot_delete_requested: bool = False
     backup_id: str | None = None
+    # Submitted and not yet seen settled: the backup may still be reading.
+    backup_open: bool = False
     backup_step: int | None = None
     started: float = 0.0
+    submitted: float | None = None
     deadline: float = 0.0
     holds_slot: bool = False
     group_id: str | None = None
     group_size: int = 0
     freeze_seconds: float | None = None
-    # The available backup, while its source is being checksummed.
-    done_backup: object | None = None
-    checksum: concurrent.futures.Future | None = None
+    # The backup as listed when it became available.
+    done_backup: dict[str, Any] | None = None
+    checksum: concurrent.futures.Future[Checksummed] | None = None
     checksum_step: int | None = None
     checksum_mark: str | None = None
     outcome: Outcome | None = None
 
+    def move(self, target: Phase) -> None:
+        self.phase = phases.move(
+            self.phase, target, what=f"job of volume {self.target.volume_id}"
+        )
+
+    @property
+    def server_id(self) -> str | None:
+        attachments = self.target.attachments
+        return attachments[0].server_id if attachments else None
+
 
 class PolicyRun:
-    """Carries out one run of one policy over a set of targets."""
+    """Carries out one run of one policy over a set of targets.
+
+    The loop observes Cinder once per interval (one listing of the run's
+    backups, one of its snapshots, whatever their number), moves each job
+    along :mod:`cinderbak.phases`, and starts queued work round-robin
+    across projects (:class:`cinderbak.runplan.FairQueue`) as capacity
+    allows. Nothing in the loop blocks on one job: snapshot deletions are
+    requested and then observed like everything else.
+    """
 
     def __init__(
         self,
@@ -137,6 +177,7 @@ class PolicyRun:
         quiescer: Quiescer | None = None,
         observer: SourceSnapshotObserver | None = None,
         checksummer: SourceChecksummer | None = None,
+        server_locks: ServerLocks | None = None,
     ) -> None:
         self.conf = conf
         self.quiescer = quiescer or NoopQuiescer(conf)
@@ -148,16 +189,29 @@ class PolicyRun:
         self.cloud = cloud
         self.journal = journal
         self.limiter = limiter
+        self.server_locks = server_locks or ServerLocks()
         self.policy = policy
         self.scheduled_at = scheduled_at
         self.stop = stop or threading.Event()
         self.clock = clock
         self.run_label = f"{policy.name}@{scheduled_at:%Y-%m-%dT%H:%M:%SZ}"
+        self.name = resource_name(self.run_label)
+        self.capacity: runplan.Capacity | None = None
+        self.gave_up: str | None = None
+        self._completed_seconds: list[float] = []
+        self._last_progress: float | None = None
+        self._last_service_check = -1e18
+        self._histories: dict[str, dict[str, list[chains.BackupInfo]]] = {}
+        self._quotas: dict[str, Any] = {}
+        self._quota_taken: collections.Counter[tuple[str, str]] = (
+            collections.Counter()
+        )
+        self._trusted: dict[str, set[str]] = {}
 
     @classmethod
     def for_parts(
         cls,
-        parts,
+        parts: Any,
         policy: Policy,
         scheduled_at: datetime.datetime,
         stop: threading.Event | None = None,
@@ -174,12 +228,18 @@ class PolicyRun:
             quiescer=parts.quiescer,
             observer=parts.observer,
             checksummer=parts.checksummer,
+            server_locks=parts.server_locks,
         )
 
     # -- the run ---------------------------------------------------------
 
     def execute(self, found: Iterable[Target | Problem]) -> list[Outcome]:
         """Back up every target; return one outcome per volume."""
+        found = list(found)
+        targets = [t for t in found if isinstance(t, Target)]
+        self._trusted = self.journal.known_backups(
+            t.volume_id for t in targets
+        )
         outcomes: list[Outcome] = []
         queued: list[Job] = []
         for item in found:
@@ -196,10 +256,11 @@ class PolicyRun:
     def drive(
         self, queued: list[Job], in_flight: list[Job] | None = None
     ) -> list[Outcome]:
-        """Start queued jobs as limits allow and poll until all are done.
+        """Start queued jobs as capacity allows and poll until all are done.
 
-        ``in_flight`` takes jobs already under way (recovery resumes them).
-        On stop, returns early: what is in flight stays in the journal.
+        ``in_flight`` takes jobs already under way (recovery resumes them,
+        in the phase the journal shows). On stop, returns early: what is
+        in flight stays in the journal.
         """
         try:
             return self._drive(queued, list(in_flight or []))
@@ -209,29 +270,54 @@ class PolicyRun:
                 self._checksums = None
 
     def _drive(self, queued: list[Job], in_flight: list[Job]) -> list[Outcome]:
+        queue: runplan.FairQueue[list[Job]] = runplan.FairQueue()
+        for group in consistency.group_by(queued, _freeze_key):
+            queue.add(group[0].target.project_id, group, len(group))
+        if queue:
+            self._size_capacity()
         outcomes: list[Outcome] = []
-        for job in [j for j in in_flight if j.outcome is not None]:
-            in_flight.remove(job)
-            self._finish(job)
-            outcomes.append(job.outcome)
-        while (queued or in_flight) and not self.stop.is_set():
-            self._start_what_limits_allow(queued, in_flight)
-            if not in_flight and not queued:
+        while not self.stop.is_set():
+            self._collect(in_flight, outcomes)
+            if not queue and not in_flight:
+                break
+            if queue and self.gave_up is None:
+                self._start(queue, in_flight)
+            if self.gave_up is not None and queue:
+                self._fail_queued(queue, outcomes)
+            self._collect(in_flight, outcomes)
+            if not in_flight and not queue:
                 break
             if self.stop.wait(self.conf.poll_interval):
-                LOG.info(
-                    "run %s: stopping; in-flight work stays in the "
-                    "journal for the next start",
-                    self.run_label,
-                )
                 break
-            if in_flight:
-                self._poll_or_wait(in_flight)
-            for job in [j for j in in_flight if j.outcome is not None]:
+            self._observe(in_flight)
+            self._watch_backup_service(in_flight)
+            if self.gave_up is not None:
+                self._leave_to_recovery(in_flight, outcomes)
+        if self.stop.is_set() and (queue or in_flight):
+            LOG.info(
+                "run %s: stopping; %d jobs in flight stay in the journal "
+                "for the next start, %d queued are not started",
+                self.run_label,
+                len(in_flight),
+                len(queue),
+            )
+            self._unstarted(queue)
+        return outcomes
+
+    def _collect(self, in_flight: list[Job], outcomes: list[Outcome]) -> None:
+        """Finish every job whose outcome is known and whose cleanup is
+        over; start cleanup for the others."""
+        for job in list(in_flight):
+            if job.outcome is not None and job.phase not in phases.FINAL:
+                if job.phase is not Phase.CLEANING_UP:
+                    self._begin_cleanup(job)
+                if job.phase is Phase.CLEANING_UP:
+                    continue
+            if job.phase in phases.FINAL:
                 in_flight.remove(job)
                 self._finish(job)
+                assert job.outcome is not None
                 outcomes.append(job.outcome)
-        return outcomes
 
     # -- preparing -------------------------------------------------------
 
@@ -256,6 +342,7 @@ class PolicyRun:
         def refuse(reason: str, status: str = "error") -> Outcome:
             final = states.SKIPPED if status == "skipped" else states.FAILED
             self.journal.finish_run(run.id, final, {"error": reason})
+            metrics.record_backup(self.policy.name, status)
             if status == "error":
                 self._write_back(target, reason)
             return self._outcome(target, status, error=reason)
@@ -271,25 +358,17 @@ class PolicyRun:
                 f"volume status is {target.status}; backups "
                 "need available or in-use"
             )
+        owner = self._owner(target)
         try:
             conn = self._owner_connection(target)
-            history = backups.history(
-                conn, target.volume_id, self.conf.deployment_id
-            )
-            shortfall = backups.quota_shortfall(
-                self.cloud.call(
-                    self.cloud.service.block_storage.get_quota_set,
-                    self._owner(target),
-                    usage=True,
-                ),
-                target.size_gb,
-            )
+            history = self._history(owner, conn).get(target.volume_id, [])
+            shortfall = self._quota_shortfall(owner, target.size_gb)
         except NoRoleInProject as exc:
             return refuse(str(exc))
-        except sdk_exceptions.SDKException as exc:
+        except API_ERRORS as exc:
             return refuse(f"cannot read backups or quota: {exc}")
         if shortfall:
-            return refuse(f"project {self._owner(target)}: {shortfall}")
+            return refuse(f"project {owner}: {shortfall}")
         now = datetime.datetime.now(datetime.UTC)
         kind, reason = chains.next_backup_kind(history, policy.full_every, now)
         return Job(
@@ -301,10 +380,41 @@ class PolicyRun:
             expected_parent=chains.expected_parent(history),
         )
 
+    def _history(
+        self, owner: str, conn: openstack.connection.Connection
+    ) -> dict[str, list[chains.BackupInfo]]:
+        """The owner project's backups by volume, listed once per run."""
+        if owner not in self._histories:
+            self._histories[owner] = backups.history_by_volume(
+                self.cloud, conn, self.conf.deployment_id, self._trusted
+            )
+        return self._histories[owner]
+
+    def _quota_shortfall(self, owner: str, size_gb: int) -> str | None:
+        """Check one more backup against the owner's quota, read once per
+        run, counting what this run has already asked for."""
+        if owner not in self._quotas:
+            self._quotas[owner] = self.cloud.call(
+                self.cloud.service.block_storage.get_quota_set,
+                owner,
+                usage=True,
+            )
+        taken_backups = self._quota_taken[(owner, "backups")]
+        taken_gb = self._quota_taken[(owner, "gigabytes")]
+        shortfall = backups.quota_shortfall(
+            self._quotas[owner],
+            size_gb,
+            already=(taken_backups, taken_gb),
+        )
+        if shortfall is None:
+            self._quota_taken[(owner, "backups")] += 1
+            self._quota_taken[(owner, "gigabytes")] += size_gb
+        return shortfall
+
     def _owner(self, target: Target) -> str:
         if self.policy.ownership is Ownership.PROJECT:
             return target.project_id
-        return self.cloud.service.current_project_id
+        return str(self.cloud.service.current_project_id)
 
     def _owner_connection(
         self, target: Target
@@ -313,18 +423,137 @@ class PolicyRun:
             return self.cloud.for_project(target.project_id)
         return self.cloud.service
 
+    # -- capacity and the backup service -----------------------------------
+
+    def _size_capacity(self) -> None:
+        """Size this run's concurrency from the backup services up (one
+        os-services read per run); the operator's cap bounds it."""
+        cap = self.conf.limits.max_in_flight or None
+        per_service = self.conf.limits.per_backup_service
+        try:
+            services = self._backup_services()
+        except API_ERRORS as exc:
+            LOG.warning(
+                "run %s: cannot list backup services (%s); starting with "
+                "one service's worth of concurrency",
+                self.run_label,
+                exc,
+            )
+            services = []
+            up = 1
+        else:
+            up = sum(s.up and s.enabled for s in services)
+            reason = runplan.backup_services_down(
+                services, self.policy.backup_availability_zone
+            )
+            if reason is not None:
+                self.gave_up = reason
+        self.capacity = runplan.Capacity(
+            runplan.ceiling_for(up, per_service, cap)
+        )
+        self.limiter.set_total(self.capacity.current)
+
+    def _backup_services(self) -> list[runplan.ServiceState]:
+        self._last_service_check = self.clock()
+        return [
+            runplan.ServiceState(
+                host=str(item.get("host") or "?"),
+                zone=item.get("zone"),
+                up=item.get("state") == "up",
+                enabled=item.get("status") == "enabled",
+                updated_at=backups.parse_time(item.get("updated_at")),
+            )
+            for item in listing.backup_services(self.cloud)
+        ]
+
+    def _watch_backup_service(self, in_flight: Sequence[Job]) -> None:
+        """When no backup of the run settles for a while, ask os-services
+        whether the backup service is alive; if not, give up at once
+        instead of waiting out every backup's timeout."""
+        waiting = [
+            j.submitted for j in in_flight if j.phase is Phase.BACKING_UP
+        ]
+        if not waiting or self.gave_up is not None:
+            return
+        now = self.clock()
+        floor = max(3 * self.conf.poll_interval, 30.0)
+        bound = runplan.stall_bound(self._completed_seconds, floor)
+        oldest = (
+            min(w for w in waiting if w is not None)
+            if any(w is not None for w in waiting)
+            else None
+        )
+        if not runplan.stalled(oldest, self._last_progress, now, bound):
+            return
+        if now - self._last_service_check < floor:
+            return
+        try:
+            services = self._backup_services()
+        except API_ERRORS as exc:
+            LOG.warning("run %s: os-services: %s", self.run_label, exc)
+            return
+        reason = runplan.backup_services_down(
+            services, self.policy.backup_availability_zone
+        )
+        if reason is not None:
+            LOG.error("run %s: %s; giving up the run", self.run_label, reason)
+            self.gave_up = reason
+
+    def _fail_queued(
+        self, queue: runplan.FairQueue[list[Job]], outcomes: list[Outcome]
+    ) -> None:
+        """The backup service is gone: every job not yet submitted fails
+        now, with the reason, written back to its volume."""
+        for group in queue.drain():
+            for job in group:
+                self.journal.start_run(job.run_id)
+                job.started = self.clock()
+                job.outcome = self.job_outcome(
+                    job, "error", f"not started: {self.gave_up}"
+                )
+                job.move(Phase.FAILED)
+                self._finish(job)
+                outcomes.append(job.outcome)
+
+    def _leave_to_recovery(
+        self, in_flight: list[Job], outcomes: list[Outcome]
+    ) -> None:
+        """Backups submitted to a dead service are not waited for: their
+        runs end failed now, their steps stay open, and the sweep settles
+        them when Cinder does (our error backups deleted, available ones
+        kept)."""
+        for job in list(in_flight):
+            if job.phase is not Phase.BACKING_UP or job.outcome is not None:
+                continue
+            job.outcome = self.job_outcome(
+                job,
+                "error",
+                f"{self.gave_up}; backup {job.backup_id} is settled by the "
+                "next sweep",
+            )
+        self._collect(in_flight, outcomes)
+
     # -- starting --------------------------------------------------------
 
-    def _start_what_limits_allow(
-        self, queued: list[Job], in_flight: list[Job]
+    def _start(
+        self, queue: runplan.FairQueue[list[Job]], in_flight: list[Job]
     ) -> None:
         zone = self.policy.backup_availability_zone
-        for group in consistency.group_by(list(queued), _freeze_key):
-            project = group[0].target.project_id
-            if not self.limiter.try_acquire(project, zone, len(group)):
-                continue
+
+        def fits(project: Any, group: list[Job], size: int) -> bool:
+            server = group[0].server_id if _freeze_key(group[0]) else None
+            if server and not self.server_locks.try_acquire(
+                server, self.run_label
+            ):
+                return False
+            if self.limiter.try_acquire(str(project), zone, size):
+                return True
+            if server:
+                self.server_locks.release(server, self.run_label)
+            return False
+
+        for _project, group in queue.take(fits):
             for job in group:
-                queued.remove(job)
                 job.holds_slot = True
                 job.started = self.clock()
                 self.journal.start_run(job.run_id)
@@ -336,11 +565,22 @@ class PolicyRun:
                     )
                     self._request_copy(job)
             else:
-                self._start_group(group)
+                server = group[0].server_id
+                assert server is not None
+                try:
+                    self._start_group(group)
+                finally:
+                    self.server_locks.release(server, self.run_label)
+
+    def _unstarted(self, queue: runplan.FairQueue[list[Job]]) -> None:
+        """A stop came before these started: their runs stay PENDING and
+        start-up records them as missed."""
+        queue.drain()
 
     def _request_copy(self, job: Job) -> None:
         """Ask Cinder for the point-in-time copy: snapshot or backup."""
         if self.policy.transfer_mode is TransferMode.SNAPSHOT:
+            job.move(Phase.COPYING)
             self._create_snapshot(job)
         else:
             self._create_backup(job)
@@ -357,12 +597,13 @@ class PolicyRun:
         group_id = str(uuid.uuid4())
         mode = _strictest(job.target.quiesce for job in group)
         volume_mode = self.policy.transfer_mode is TransferMode.VOLUME
+        for job in group:
+            job.move(Phase.FREEZING)
         if volume_mode and self.observer is None:
             if mode is tenant.QuiesceMode.REQUIRED:
                 for job in group:
-                    job.outcome = self.job_outcome(
+                    self._fail(
                         job,
-                        "error",
                         "cinderbak:quiesce=required in "
                         "transfer_mode=volume needs read-only access to the "
                         "volume cluster ([volume_cluster] conf)",
@@ -419,9 +660,7 @@ class PolicyRun:
                 confirmed = self._copies_in_window(group, window)
         except QuiesceRequiredError as exc:
             for job in group:
-                job.outcome = self.job_outcome(
-                    job, "error", f"cinderbak:quiesce=required: {exc}"
-                )
+                self._fail(job, f"cinderbak:quiesce=required: {exc}")
             return
         except ThawFailed as exc:
             LOG.error("server %s MAY STILL BE FROZEN: %s", server, exc)
@@ -441,8 +680,6 @@ class PolicyRun:
                 job.notes.append(f"not quiesced: {window.error}")
             if job.target.volume_id in confirmed:
                 job.consistency = "quiesced"
-                if job.backup_id:
-                    self._remark(job)
             elif window.quiesced:
                 job.notes.append(
                     "copy not confirmed inside the freeze; marked crash"
@@ -471,8 +708,9 @@ class PolicyRun:
         try:
             if self.policy.transfer_mode is TransferMode.SNAPSHOT:
                 return self._snapshots_done_while_frozen(started, window)
+            assert self.observer is not None
             seen = self.observer.wait_for_sources(
-                [(j.target.volume_id, j.backup_id) for j in started],
+                [(j.target.volume_id, str(j.backup_id)) for j in started],
                 window.is_frozen,
             )
         except Exception as exc:  # noqa: BLE001 - any failure: not confirmed
@@ -493,38 +731,16 @@ class PolicyRun:
         pending = {j.snapshot_id: j for j in jobs}
         done: set[str] = set()
         while pending and window.is_frozen():
-            creating = backups.ids_in_status(
-                self.cloud, "snapshots", "creating"
-            )
+            listed = listing.run_resources(self.cloud, "snapshots", self.name)
             if not window.is_frozen():
                 break
-            for snapshot_id in [s for s in pending if s not in creating]:
-                done.add(pending.pop(snapshot_id).target.volume_id)
+            for snapshot_id in list(pending):
+                item = listed.get(str(snapshot_id))
+                if item is not None and item.get("status") != "creating":
+                    done.add(pending.pop(snapshot_id).target.volume_id)
             if pending:
                 self.stop.wait(0.2)
         return done
-
-    def _remark(self, job: Job) -> None:
-        """Record on a backup the consistency confirmed after creation.
-
-        Cinder replaces backup metadata on update, so the full set of our
-        marks (and anything a tenant added meanwhile) is written back.
-        """
-        try:
-            current = self.cloud.call(
-                job.conn.block_storage.get_backup, job.backup_id
-            )
-            metadata = dict(current.metadata or {}) | self._marks(job)
-            self.cloud.call(
-                job.conn.block_storage.put,
-                f"/backups/{job.backup_id}",
-                json={"backup": {"metadata": metadata}},
-                microversion="3.43",
-            ).raise_for_status()
-        except Exception as exc:  # the backup stays as it was marked
-            if job.consistency == "quiesced" and not job.checksum_mark:
-                job.consistency = "crash"
-            job.notes.append(f"could not update the backup's marks: {exc}")
 
     def _marks(self, job: Job) -> dict[str, str]:
         checksum = (
@@ -561,9 +777,10 @@ class PolicyRun:
             job.snapshot_step,
             "snapshot",
             job.conn.block_storage.create_snapshot,
+            job.conn.block_storage.snapshots,
             self.policy.snapshot_timeout,
             volume_id=target.volume_id,
-            name=resource_name(self.run_label),
+            name=self.name,
             description="temporary: source of a cinderbak backup",
             force=target.in_use,
             metadata=self._marks(job),
@@ -572,6 +789,7 @@ class PolicyRun:
     def _create_backup(self, job: Job) -> None:
         target = job.target
         incremental = job.kind == chains.INCREMENTAL
+        job.move(Phase.BACKING_UP)
         job.backup_step = self.journal.begin_step(
             job.run_id,
             steps.BACKUP_CREATE,
@@ -583,9 +801,9 @@ class PolicyRun:
                 "snapshot_id": job.snapshot_id,
             },
         )
-        attrs = {
+        attrs: dict[str, Any] = {
             "volume_id": target.volume_id,
-            "name": resource_name(self.run_label),
+            "name": self.name,
             "description": f"cinderbak {job.kind} backup, run "
             f"{self.run_label}",
             "is_incremental": incremental,
@@ -604,47 +822,89 @@ class PolicyRun:
             job.backup_step,
             "backup",
             job.conn.block_storage.create_backup,
+            job.conn.block_storage.backups,
             self.policy.backup_timeout,
             **attrs,
         )
+        if job.backup_id is not None:
+            job.submitted = self.clock()
+            job.backup_open = True
 
     def _request(
-        self, job: Job, step: int, what: str, create, timeout: float, **attrs
+        self,
+        job: Job,
+        step: int,
+        what: str,
+        create: Callable[..., Any],
+        listing_of: Callable[..., Iterable[Any]],
+        timeout: float,
+        **attrs: Any,
     ) -> str | None:
-        """Ask Cinder to create a snapshot or backup, once.
+        """Ask Cinder to create a snapshot or backup, exactly once.
 
-        The id is recorded as soon as the API returns it: a kill after
-        this point leaves a resource recovery knows by id. A refusal is
-        the job's outcome. Never repeated on an ambiguous failure: a
-        second create could make a second backup.
+        Everything a run creates carries the run's name on its volume
+        (one per volume and run), recorded in the journal's step before
+        the request: after an answer lost on the way back the step looks
+        the resource up by it and adopts it instead of creating a second
+        one (:meth:`cinderbak.cloud.Cloud.create`). The id is recorded as
+        soon as it is known; a refusal is the job's outcome.
         """
-        try:
-            resource = self.cloud.call(create, idempotent=False, **attrs)
-        except sdk_exceptions.SDKException as exc:
-            self.journal.fail_step(step, str(exc))
-            job.outcome = self.job_outcome(
-                job, "error", f"{what} refused: {exc}"
+
+        def find() -> Any:
+            return _find_created(
+                listing_of, job.target.volume_id, self.name, self.conf
             )
+
+        try:
+            resource = self.cloud.create(create, find, **attrs)
+        except API_ERRORS as exc:
+            if cloud_mod.status_of(exc) == 413 and self.capacity is not None:
+                limit = self.capacity.overloaded()
+                self.limiter.set_total(limit)
+                LOG.warning(
+                    "run %s: Cinder refused a %s as over limit; %d in "
+                    "flight from now on",
+                    self.run_label,
+                    what,
+                    limit,
+                )
+            self.journal.fail_step(step, str(exc))
+            self._fail(job, f"{what} refused: {exc}")
             return None
         self.journal.set_step_resource(step, resource.id)
         job.deadline = self.clock() + timeout
-        return resource.id
+        return str(resource.id)
 
-    # -- polling ---------------------------------------------------------
+    # -- observing -------------------------------------------------------
 
-    def _poll_or_wait(self, in_flight: Sequence[Job]) -> None:
-        """Poll; if the API cannot be reached, try again next interval.
-
-        Jobs still time out on their own deadlines, so an API that stays
-        away ends the run with per-volume timeouts, not a crash; what is in
-        flight stays in the journal for recovery.
-        """
+    def _observe(self, in_flight: Sequence[Job]) -> None:
+        """One listing per resource kind for every job waiting on Cinder;
+        if the API cannot be reached, try again next interval (jobs still
+        time out on their own deadlines)."""
+        for job in in_flight:
+            if job.phase is Phase.CHECKSUMMING and job.checksum is not None:
+                if job.checksum.done():
+                    self._checksum_done(job)
+        waiting_snapshots = [
+            j
+            for j in in_flight
+            if j.phase in (Phase.COPYING, Phase.CLEANING_UP)
+        ]
+        waiting_backups = [j for j in in_flight if j.phase is Phase.BACKING_UP]
         try:
-            self._poll(in_flight)
-        except (
-            sdk_exceptions.SDKException,
-            ks_exceptions.ClientException,
-        ) as exc:
+            if waiting_snapshots:
+                listed = listing.run_resources(
+                    self.cloud, "snapshots", self.name
+                )
+                for job in waiting_snapshots:
+                    self._snapshot_seen(job, listed.get(str(job.snapshot_id)))
+            if waiting_backups:
+                listed = listing.run_resources(
+                    self.cloud, "backups", self.name
+                )
+                for job in waiting_backups:
+                    self._backup_seen(job, listed.get(str(job.backup_id)))
+        except API_ERRORS as exc:
             LOG.warning(
                 "run %s: status poll failed (%s); trying again in %.1f s",
                 self.run_label,
@@ -652,104 +912,114 @@ class PolicyRun:
                 self.conf.poll_interval,
             )
             for job in in_flight:
-                if job.outcome is None:
-                    self._check_deadline(
-                        job, "backup" if job.backup_id else "snapshot"
-                    )
+                if job.phase in phases.WAITING_ON_CINDER:
+                    self._check_deadline(job)
 
-    def _poll(self, in_flight: Sequence[Job]) -> None:
-        """One list call per kind for all jobs; a GET only for those done."""
-        waiting_snap = [
-            j
-            for j in in_flight
-            if j.outcome is None and j.backup_id is None and j.snapshot_id
-        ]
-        for job in in_flight:
-            if job.outcome is None and job.checksum and job.checksum.done():
-                self._checksum_done(job)
-        waiting_backup = [
-            j
-            for j in in_flight
-            if j.outcome is None and j.backup_id and j.checksum is None
-        ]
-        if waiting_snap:
-            creating = backups.ids_in_status(
-                self.cloud, "snapshots", "creating"
-            )
-            for job in waiting_snap:
-                if job.snapshot_id in creating:
-                    self._check_deadline(job, "snapshot")
-                    continue
-                self._snapshot_settled(job)
-        if waiting_backup:
-            creating = backups.ids_in_status(self.cloud, "backups", "creating")
-            for job in waiting_backup:
-                if job.backup_id in creating:
-                    self._check_deadline(job, "backup")
-                    continue
-                self._backup_settled(job)
-
-    def _check_deadline(self, job: Job, what: str) -> None:
+    def _check_deadline(self, job: Job) -> bool:
+        """Time the job out if its deadline passed; return whether it did."""
         if self.clock() < job.deadline:
-            return
+            return False
+        if job.phase is Phase.CLEANING_UP:
+            job.notes.append(
+                f"temporary snapshot {job.snapshot_id} not deleted within "
+                "snapshot_timeout; the sweep deletes it"
+            )
+            assert job.outcome is not None
+            job.outcome.notes = list(job.notes)
+            job.move(_outcome_phase(job.outcome))
+            return True
+        what = "backup" if job.phase is Phase.BACKING_UP else "snapshot"
         resource = job.backup_id if what == "backup" else job.snapshot_id
         job.outcome = self.job_outcome(
             job,
             "timeout",
-            f"{what} {resource} still creating after its timeout; it is "
-            "left in the journal and checked again on the next start",
+            f"{what} {resource} still creating after its timeout; the "
+            "sweep settles it when Cinder does",
         )
+        return True
 
-    def _snapshot_settled(self, job: Job) -> None:
-        snapshot = self.cloud.call(
-            self.cloud.service.block_storage.get_snapshot, job.snapshot_id
-        )
-        if snapshot.status == "available":
+    def _snapshot_seen(self, job: Job, item: dict[str, Any] | None) -> None:
+        status = None if item is None else item.get("status")
+        if job.phase is Phase.CLEANING_UP:
+            self._cleanup_seen(job, status)
+            return
+        if status == "creating":
+            self._check_deadline(job)
+            return
+        if status == "available":
+            assert job.snapshot_step is not None
             self.journal.complete_step(job.snapshot_step)
             self._create_backup(job)
             return
-        self.journal.fail_step(
-            job.snapshot_step, f"snapshot status {snapshot.status}"
+        reason = (
+            f"snapshot {job.snapshot_id} vanished"
+            if item is None
+            else f"snapshot {job.snapshot_id} ended {status}"
         )
-        job.outcome = self.job_outcome(
-            job, "error", f"snapshot {snapshot.id} ended {snapshot.status}"
-        )
+        assert job.snapshot_step is not None
+        self.journal.fail_step(job.snapshot_step, reason)
+        self._fail(job, reason)
 
-    def _backup_settled(self, job: Job) -> None:
-        backup = self.cloud.call(
-            self.cloud.service.block_storage.get_backup, job.backup_id
-        )
-        if backup.status == "available":
-            self.journal.complete_step(
-                job.backup_step,
-                resource_id=backup.id,
-                details={
-                    "is_incremental": backup.is_incremental,
-                    "size_gb": backup.size,
-                },
-            )
-            if job.kind == chains.INCREMENTAL and not backup.is_incremental:
-                job.notes.append("Cinder made a full backup")
-            if job.snapshot_id:
-                job.notes.append(SNAPSHOT_NOTE)
-            if self.checksummer is not None:
-                self._start_checksum(job, backup)
-                return
-            job.outcome = self.job_outcome(job, "ok", backup=backup)
+    def _backup_seen(self, job: Job, item: dict[str, Any] | None) -> None:
+        assert job.backup_step is not None
+        status = None if item is None else item.get("status")
+        if status == "creating":
+            self._check_deadline(job)
             return
-        reason = backup.fail_reason or f"status {backup.status}"
+        self._progress(job)
+        job.backup_open = False
+        if item is None:
+            reason = (
+                f"backup {job.backup_id} vanished while it was being "
+                "created (deleted behind our back)"
+            )
+            self.journal.undo_step(job.backup_step, reason)
+            self._fail(job, reason)
+            return
+        if status == "available":
+            self._backup_available(job, item)
+            return
+        reason = item.get("fail_reason") or f"status {status}"
         self.journal.fail_step(job.backup_step, reason)
-        job.outcome = self.job_outcome(
-            job, "error", f"backup failed: {reason}"
-        )
+        self._fail(job, f"backup failed: {reason}")
         self._delete_failed_backup(job)
+
+    def _progress(self, job: Job) -> None:
+        now = self.clock()
+        self._last_progress = now
+        if job.submitted is not None:
+            self._completed_seconds.append(now - job.submitted)
+
+    def _backup_available(self, job: Job, item: dict[str, Any]) -> None:
+        assert job.backup_step is not None
+        self.journal.complete_step(
+            job.backup_step,
+            resource_id=job.backup_id,
+            details={
+                "is_incremental": bool(item.get("is_incremental")),
+                "size_gb": item.get("size"),
+            },
+        )
+        if self.capacity is not None:
+            self.limiter.set_total(self.capacity.succeeded())
+        if job.kind == chains.INCREMENTAL and not item.get("is_incremental"):
+            job.notes.append("Cinder made a full backup")
+        if job.snapshot_id:
+            job.notes.append(SNAPSHOT_NOTE)
+        job.done_backup = item
+        if self.checksummer is not None:
+            self._start_checksum(job)
+            return
+        self._settle_marks(job)
+        job.outcome = self.job_outcome(job, "ok", backup=item)
 
     # -- checksums -------------------------------------------------------
 
-    def _start_checksum(self, job: Job, backup) -> None:
+    def _start_checksum(self, job: Job) -> None:
         """Checksum what the backup copied, while its source still exists:
         the driver's snapshot (volume mode) or our snapshot."""
-        job.done_backup = backup
+        assert self.checksummer is not None and job.backup_id is not None
+        job.move(Phase.CHECKSUMMING)
         job.checksum_step = self.journal.begin_step(
             job.run_id,
             steps.CHECKSUM,
@@ -771,6 +1041,7 @@ class PolicyRun:
     def _checksum_done(self, job: Job) -> None:
         """Record the checksum (journal, then the backup's marks); a
         failure costs the checksum, never the backup."""
+        assert job.checksum is not None and job.checksum_step is not None
         try:
             found = job.checksum.result()
         except Exception as exc:  # noqa: BLE001 - reported, backup kept
@@ -781,82 +1052,139 @@ class PolicyRun:
                 job.checksum_step, details=found.details()
             )
             job.checksum_mark = found.checksum.mark()
-            self._remark(job)
             LOG.info(
                 "backup %s: source %s checksummed, %s",
                 job.backup_id,
                 found.source,
                 found.rate(),
             )
+        self._settle_marks(job)
         job.outcome = self.job_outcome(job, "ok", backup=job.done_backup)
+
+    def _settle_marks(self, job: Job) -> None:
+        """Write the marks learnt after creation (consistency confirmed,
+        checksum) onto the backup: one PUT, from the metadata the status
+        listing showed, and only when something changed.
+
+        Cinder replaces backup metadata on update, so the full set is
+        written back, keeping anything a tenant added meanwhile.
+        """
+        listed = dict((job.done_backup or {}).get("metadata") or {})
+        wanted = listed | self._marks(job)
+        if wanted == listed:
+            return
+        try:
+            response = self.cloud.call(
+                job.conn.block_storage.put,
+                f"/backups/{job.backup_id}",
+                json={"backup": {"metadata": wanted}},
+                microversion="3.43",
+            )
+            sdk_exceptions.raise_from_response(response)
+        except Exception as exc:  # noqa: BLE001 - the backup stays as marked
+            if job.consistency == "quiesced":
+                job.consistency = listed.get(tenant.CONSISTENCY, "crash")
+            job.notes.append(f"could not update the backup's marks: {exc}")
 
     # -- finishing -------------------------------------------------------
 
+    def _fail(self, job: Job, reason: str) -> None:
+        job.outcome = self.job_outcome(job, "error", reason)
+
+    def _begin_cleanup(self, job: Job) -> None:
+        """Once the outcome is known: delete our temporary snapshot, or
+        end the job at once when there is none (or it must stay: a backup
+        still reading it after a time-out)."""
+        assert job.outcome is not None
+        outcome = _outcome_phase(job.outcome)
+        if job.snapshot_id and job.backup_open:
+            job.notes.append(
+                f"temporary snapshot {job.snapshot_id} kept while backup "
+                f"{job.backup_id} may still read it; the sweep deletes it"
+            )
+            job.outcome.notes = list(job.notes)
+        job.move(
+            phases.after_outcome(
+                bool(job.snapshot_id) and not job.backup_open, outcome
+            )
+        )
+        if job.phase is not Phase.CLEANING_UP:
+            return
+        job.snapshot_delete_step = self.journal.begin_step(
+            job.run_id,
+            steps.SNAPSHOT_DELETE,
+            target=job.target.volume_id,
+            details={},
+        )
+        self.journal.set_step_resource(
+            job.snapshot_delete_step, job.snapshot_id
+        )
+        job.deadline = self.clock() + self.policy.snapshot_timeout
+
+    def _cleanup_seen(self, job: Job, status: str | None) -> None:
+        """The temporary snapshot as the last poll saw it."""
+        assert job.outcome is not None and job.snapshot_delete_step
+        if status is None:
+            self.journal.complete_step(job.snapshot_delete_step)
+            job.move(_outcome_phase(job.outcome))
+            return
+        if (
+            status in ("available", "error")
+            and not job.snapshot_delete_requested
+        ):
+            try:
+                self.cloud.call(
+                    job.conn.block_storage.delete_snapshot,
+                    job.snapshot_id,
+                    ignore_missing=True,
+                )
+                job.snapshot_delete_requested = True
+            except API_ERRORS as exc:
+                LOG.warning(
+                    "temporary snapshot %s: delete refused (%s); retried",
+                    job.snapshot_id,
+                    exc,
+                )
+        elif status == "error_deleting":
+            job.notes.append(
+                f"temporary snapshot {job.snapshot_id} is error_deleting; "
+                "the sweep retries"
+            )
+            job.outcome.notes = list(job.notes)
+            job.move(_outcome_phase(job.outcome))
+            return
+        self._check_deadline(job)
+
     def _delete_failed_backup(self, job: Job) -> None:
-        """Remove a backup of ours that ended in error; it holds no data."""
+        """Remove a backup of ours that ended in error; it holds no data.
+        Requested, not waited for: the sweep finishes what this misses."""
         step = self.journal.begin_step(
             job.run_id,
             steps.BACKUP_DELETE,
             target=job.target.volume_id,
             details={"reason": "backup ended in error"},
         )
-        self.journal.set_step_resource(step, job.backup_id)
+        self.journal.set_step_resource(step, str(job.backup_id))
         try:
             self.cloud.call(
                 job.conn.block_storage.delete_backup,
                 job.backup_id,
                 ignore_missing=True,
             )
-        except sdk_exceptions.SDKException as exc:
+        except API_ERRORS as exc:
             self.journal.fail_step(step, str(exc))
             job.notes.append(f"could not delete failed backup: {exc}")
             return
         self.journal.complete_step(step)
 
-    def _delete_snapshot(self, job: Job) -> None:
-        """Remove the temporary snapshot, whatever became of the backup.
-
-        A deletion that cannot finish now (the volume service is down, the
-        snapshot still busy) stays an open step: recovery finishes it.
-        """
-        step = self.journal.begin_step(
-            job.run_id,
-            steps.SNAPSHOT_DELETE,
-            target=job.target.volume_id,
-            details={},
-        )
-        self.journal.set_step_resource(step, job.snapshot_id)
-        try:
-            backups.delete_snapshot_when_free(
-                self.cloud,
-                job.conn,
-                job.snapshot_id,
-                timeout=self.policy.snapshot_timeout,
-                stop=self.stop,
-            )
-        except (sdk_exceptions.SDKException, TimeoutError) as exc:
-            LOG.warning(
-                "temporary snapshot %s not deleted yet: %s; recovery retries",
-                job.snapshot_id,
-                exc,
-            )
-            job.notes.append(
-                f"temporary snapshot {job.snapshot_id} not yet deleted "
-                f"({exc}); retried by recovery"
-            )
-            return
-        self.journal.complete_step(step)
-
     def _finish(self, job: Job) -> None:
+        assert job.outcome is not None
         if job.holds_slot:
             self.limiter.release(
                 job.target.project_id, self.policy.backup_availability_zone
             )
             job.holds_slot = False
-        timed_out = job.outcome.status == "timeout"
-        if job.snapshot_id and not (timed_out and job.backup_id):
-            self._delete_snapshot(job)
-            job.outcome.notes = list(job.notes)
+        job.outcome.notes = list(job.notes)
         state = {"ok": states.SUCCEEDED, "timeout": states.TIMED_OUT}.get(
             job.outcome.status, states.FAILED
         )
@@ -864,7 +1192,7 @@ class PolicyRun:
         metrics.record_backup(self.policy.name, job.outcome.status)
         if job.outcome.status == "ok":
             self._write_back(job.target, None, job.backup_id)
-        elif job.outcome.status == "error":
+        elif job.outcome.status in ("error", "timeout"):
             self._write_back(job.target, job.outcome.error)
         LOG.info("%s", job.outcome.log_line())
 
@@ -887,7 +1215,11 @@ class PolicyRun:
         )
 
     def job_outcome(
-        self, job: Job, status: str, error: str | None = None, backup=None
+        self,
+        job: Job,
+        status: str,
+        error: str | None = None,
+        backup: Mapping[str, Any] | None = None,
     ) -> Outcome:
         outcome = self._outcome(job.target, status, error=error)
         outcome.kind = job.kind
@@ -898,11 +1230,33 @@ class PolicyRun:
         outcome.freeze_seconds = job.freeze_seconds
         outcome.notes = list(job.notes)
         if backup is not None:
-            outcome.size_gb = backup.size
+            outcome.size_gb = backup.get("size")
             outcome.kind = (
-                chains.INCREMENTAL if backup.is_incremental else chains.FULL
+                chains.INCREMENTAL
+                if backup.get("is_incremental")
+                else chains.FULL
             )
         return outcome
+
+
+def _outcome_phase(outcome: Outcome) -> Phase:
+    return {"ok": Phase.DONE, "timeout": Phase.TIMED_OUT}.get(
+        outcome.status, Phase.FAILED
+    )
+
+
+def _find_created(
+    listing_of: Callable[..., Iterable[Any]],
+    volume_id: str,
+    name: str,
+    conf: cfg.ConfigOpts,
+) -> Any:
+    """What a create of this run made on this volume, if anything: the
+    run's name and our owner mark identify it."""
+    for item in listing_of(details=True, volume_id=volume_id, name=name):
+        if tenant.is_ours(item.metadata or {}, conf.deployment_id):
+            return item
+    return None
 
 
 def write_back(
@@ -929,7 +1283,7 @@ def write_back(
             volume_id,
             **values,
         )
-    except sdk_exceptions.SDKException as exc:
+    except API_ERRORS as exc:
         LOG.warning(
             "volume %s: could not write back status: %s", volume_id, exc
         )

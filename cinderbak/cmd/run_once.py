@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from cinderbak import service
+import threading
+
+from cinderbak import recovery, service
 from cinderbak.cmd.base import PolicyLister
 from cinderbak.summary import COLUMNS
 
@@ -26,8 +28,18 @@ class RunOnce(PolicyLister):
         return parser
 
     def take_action(self, parsed_args):
+        parts = self.app.parts()
+        # Cron users get what the daemon gives at start-up: guests left
+        # frozen thawed, interrupted runs settled, leftovers swept.
+        settled = recovery.recover(parts, threading.Event())
+        if settled:
+            self.app.stdout.write(
+                f"recovery: settled {len(settled)} interrupted runs: "
+                + ", ".join(f"{o.volume_id} {o.status}" for o in settled)
+                + "\n"
+            )
         outcomes = service.run_once(
-            self.app.parts(),
+            parts,
             parsed_args.policy or None,
             audit=not parsed_args.no_audit,
         )

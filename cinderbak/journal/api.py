@@ -750,6 +750,59 @@ class Journal:
                         found[backup_id] = str(parent)
         return found
 
+    def unsettled_creations(
+        self, create: StepKind | str, *, any_host: bool = False
+    ) -> list[StepRecord]:
+        """Resources our finished runs created and nobody settled since.
+
+        For ``snapshot_create``: every temporary snapshot with a known id
+        not yet recorded as gone (UNDONE), whatever its step says: they
+        are all ours to delete. For ``backup_create``: backups whose step
+        is still open or FAILED (never DONE: a good backup is kept). Runs
+        still in flight are left to whoever drives them.
+        """
+        step, run = models.Step, models.Run
+        kind = StepKind(create)
+        unsettled = (
+            [
+                StepState.INTENT,
+                StepState.ACTING,
+                StepState.DONE,
+                StepState.FAILED,
+            ]
+            if kind == StepKind.SNAPSHOT_CREATE
+            else [StepState.INTENT, StepState.ACTING, StepState.FAILED]
+        )
+        finished = sa.select(run.id).where(run.state.in_(FINAL_RUN_STATES))
+        query = (
+            sa.select(step)
+            .where(
+                step.kind == kind,
+                step.resource_id.is_not(None),
+                step.state.in_(unsettled),
+                step.run_id.in_(finished),
+            )
+            .order_by(step.id)
+        )
+        return self._steps(query, any_host)
+
+    def known_backups(self, volume_ids: Iterable[str]) -> dict[str, set[str]]:
+        """Map each volume id to the backups our runs created for it (any
+        host, any outcome): what an owner mark must be backed by."""
+        step = models.Step
+        wanted = sorted(set(volume_ids))
+        found: dict[str, set[str]] = {}
+        with self._read() as s:
+            for start in range(0, len(wanted), _IN_BATCH):
+                query = sa.select(step.target, step.resource_id).where(
+                    step.kind == StepKind.BACKUP_CREATE,
+                    step.resource_id.is_not(None),
+                    step.target.in_(wanted[start : start + _IN_BATCH]),
+                )
+                for volume_id, backup_id in s.execute(query):
+                    found.setdefault(volume_id, set()).add(backup_id)
+        return found
+
     def _steps(
         self, query: sa.Select[tuple[models.Step]], any_host: bool
     ) -> list[StepRecord]:

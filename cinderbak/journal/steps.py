@@ -44,6 +44,11 @@ class StepKind(enum.StrEnum):
     SCRATCH_DELETE = "scratch_delete"
     """Removal of a verification's scratch volume."""
 
+    DISCOVER = "discover"
+    """A slot's discovery (on the policy-level run): details count the
+    volumes found, so a slot is settled as succeeded only when every one
+    of them has an outcome."""
+
 
 FREEZE = StepKind.FREEZE
 THAW = StepKind.THAW
@@ -55,6 +60,7 @@ METADATA_WRITE = StepKind.METADATA_WRITE
 CHECKSUM = StepKind.CHECKSUM
 SCRATCH_CREATE = StepKind.SCRATCH_CREATE
 SCRATCH_DELETE = StepKind.SCRATCH_DELETE
+DISCOVER = StepKind.DISCOVER
 
 EXPECTED_PARENT = "expected_parent"
 """Key of a ``backup_create`` step's details: the backup cinderbak

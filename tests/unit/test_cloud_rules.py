@@ -29,7 +29,56 @@ def test_client_errors_are_never_retried(status):
 
 
 def test_connection_refused_never_reached_the_api():
-    assert cloud.is_retryable(ks_exceptions.ConnectFailure(), False)
+    refused = ks_exceptions.ConnectFailure(
+        "Unable to establish connection: NewConnectionError: "
+        "[Errno 111] Connection refused"
+    )
+    assert cloud.never_sent(refused)
+    assert cloud.is_retryable(refused, idempotent=False)
+
+
+def test_a_dropped_answer_may_hide_a_create_that_was_carried_out():
+    reset = ks_exceptions.ConnectFailure(
+        "Connection aborted: RemoteDisconnected('Remote end closed "
+        "connection without response')"
+    )
+    assert cloud.is_uncertain(reset)
+    assert not cloud.is_retryable(reset, idempotent=False)
+    assert cloud.is_retryable(reset, idempotent=True)
+    timeout = ks_exceptions.ConnectTimeout("read timed out")
+    assert cloud.is_uncertain(timeout)
+    assert not cloud.is_retryable(timeout, idempotent=False)
+
+
+class _Response:
+    def __init__(self, status, headers):
+        self.status_code = status
+        self.headers = headers
+
+
+def test_413_with_retry_after_is_a_rate_limit_and_is_repeated():
+    limited = sdk_exceptions.HttpException(
+        message="over limit",
+        http_status=413,
+        response=_Response(413, {"Retry-After": "3"}),
+    )
+    assert cloud.is_refusal(limited)
+    assert cloud.is_retryable(limited, idempotent=False)
+    quota = sdk_exceptions.HttpException(
+        message="quota", http_status=413, response=_Response(413, {})
+    )
+    assert not cloud.is_retryable(quota, idempotent=True)
+
+
+def test_a_keystone_503_wrapped_by_the_sdk_is_repeated():
+    try:
+        try:
+            raise ks_exceptions.ServiceUnavailable(http_status=503)
+        except ks_exceptions.ServiceUnavailable as inner:
+            raise sdk_exceptions.SDKException("token request") from inner
+    except sdk_exceptions.SDKException as wrapped:
+        assert cloud.status_of(wrapped) == 503
+        assert cloud.is_retryable(wrapped, idempotent=False)
 
 
 def _quota(**values):

@@ -170,6 +170,7 @@ def test_module_level_aliases():
         "checksum",
         "scratch_create",
         "scratch_delete",
+        "discover",
     }
 
 
