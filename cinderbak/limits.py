@@ -107,6 +107,14 @@ class Limiter:
             return True  # no cap of its own
         return used + count <= limit or (used == 0 and count > limit)
 
+    def project_has_room(self, project: str, count: int = 1) -> bool:
+        """Whether the project's own cap (if any) lets ``count`` more in:
+        a project at its cap waits without holding up the others."""
+        with self._lock:
+            return self._fits(
+                self._projects[project], self._per_project, count
+            )
+
     def set_total(self, total: int) -> None:
         """Change the global limit (the services' capacity changed); work
         in flight keeps its slots."""

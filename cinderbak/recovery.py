@@ -26,6 +26,7 @@ from cinderbak import (
     discovery,
     expiry,
     policy,
+    settle,
     tenant,
     verify,
 )
@@ -99,14 +100,17 @@ def sweep(parts: Parts) -> dict[str, int]:
     for step in journal.unsettled_creations(steps.BACKUP_CREATE):
         counts[_sweep_backup(parts, step)] += 1
     # Deletions requested before a stop and never confirmed.
+    get_snapshot = parts.cloud.service.block_storage.get_snapshot
     for step in journal.open_steps(kind=steps.SNAPSHOT_DELETE):
-        if step.resource_id and _gone(
-            parts,
-            parts.cloud.service.block_storage.get_snapshot,
-            step.resource_id,
-        ):
+        if not step.resource_id:
+            continue
+        try:
+            status, _ = _status(parts, get_snapshot, step.resource_id)
+        except API_ERRORS:
+            continue
+        if status is None:
             journal.complete_step(step.id)
-            counts["snapshot deletion confirmed"] += 1
+            counts["snapshot deletions confirmed"] += 1
     counts.pop("waiting", None)
     if counts:
         LOG.info(
@@ -116,79 +120,75 @@ def sweep(parts: Parts) -> dict[str, int]:
     return dict(counts)
 
 
-def _gone(parts: Parts, get: Callable[[str], Any], resource_id: str) -> bool:
+def _status(
+    parts: Parts, get: Callable[[str], Any], resource_id: str
+) -> tuple[str | None, Any]:
+    """(status, resource) as Cinder shows it now; (None, None) if gone."""
     try:
-        parts.cloud.call(get, resource_id)
+        resource = parts.cloud.call(get, resource_id)
     except sdk_exceptions.NotFoundException:
-        return True
-    return False
+        return None, None
+    return resource.status, resource
 
 
 def _sweep_snapshot(parts: Parts, step: StepRecord) -> str:
-    """One temporary snapshot of a finished run: gone, deleted, or left
-    for a later pass while something still reads it."""
+    """One temporary snapshot of a finished run (see settle.for_snapshot)."""
     storage = parts.cloud.service.block_storage
     snapshot_id = str(step.resource_id)
     try:
-        snapshot = parts.cloud.call(storage.get_snapshot, snapshot_id)
-    except sdk_exceptions.NotFoundException:
-        parts.journal.undo_step(step.id, "temporary snapshot deleted")
-        return "snapshots confirmed gone"
+        status, _ = _status(parts, storage.get_snapshot, snapshot_id)
+        action = settle.for_snapshot(status)
+        if action is settle.Action.GONE:
+            parts.journal.undo_step(step.id, "temporary snapshot deleted")
+            return "snapshots confirmed gone"
+        if action is settle.Action.DELETE:
+            parts.cloud.call(
+                storage.delete_snapshot, snapshot_id, ignore_missing=True
+            )
+            LOG.info(
+                "sweep: deleting leaked temporary snapshot %s of volume %s",
+                snapshot_id,
+                step.target,
+            )
+            return "snapshot deletions requested"
     except API_ERRORS as exc:
         LOG.warning("sweep: snapshot %s: %s", snapshot_id, exc)
-        return "waiting"
-    if snapshot.status not in ("available", "error"):
-        return "waiting"  # creating, backing-up, deleting
-    try:
-        parts.cloud.call(
-            storage.delete_snapshot, snapshot_id, ignore_missing=True
-        )
-    except API_ERRORS as exc:
-        LOG.warning("sweep: snapshot %s not deleted: %s", snapshot_id, exc)
-        return "waiting"
-    LOG.info(
-        "sweep: deleting leaked temporary snapshot %s of volume %s",
-        snapshot_id,
-        step.target,
-    )
-    return "snapshot deletions requested"
+    return "waiting"
 
 
 def _sweep_backup(parts: Parts, step: StepRecord) -> str:
-    """One backup of ours whose run ended without settling it: an error
-    backup (no data) is deleted; a late available one is recorded."""
+    """One backup of ours whose run ended without settling it (see
+    settle.for_backup)."""
     storage = parts.cloud.service.block_storage
     backup_id = str(step.resource_id)
     try:
-        backup = parts.cloud.call(storage.get_backup, backup_id)
-    except sdk_exceptions.NotFoundException:
-        parts.journal.undo_step(step.id, "the backup is gone")
-        return "backups confirmed gone"
+        status, backup = _status(parts, storage.get_backup, backup_id)
+        action = settle.for_backup(step.is_open, status)
+        if action is settle.Action.GONE:
+            parts.journal.undo_step(step.id, "the backup is gone")
+            return "backups confirmed gone"
+        if action is settle.Action.RECORD:
+            parts.journal.complete_step(
+                step.id,
+                details={
+                    "is_incremental": backup.is_incremental,
+                    "size_gb": backup.size,
+                    "settled_by": "sweep",
+                },
+            )
+            write_back(parts.conf, parts.cloud, step.target, None, backup_id)
+            return "late backups recorded available"
+        if action is settle.Action.DELETE:
+            if step.is_open:
+                parts.journal.fail_step(step.id, backup.fail_reason or "error")
+            parts.cloud.call(
+                storage.delete_backup, backup_id, ignore_missing=True
+            )
+            LOG.info("sweep: deleting our error backup %s", backup_id)
+            return "error backups deleted"
     except API_ERRORS as exc:
         LOG.warning("sweep: backup %s: %s", backup_id, exc)
-        return "waiting"
-    if backup.status == "available" and step.is_open:
-        parts.journal.complete_step(
-            step.id,
-            details={
-                "is_incremental": backup.is_incremental,
-                "size_gb": backup.size,
-                "settled_by": "sweep",
-            },
-        )
-        write_back(parts.conf, parts.cloud, step.target, None, backup_id)
-        return "late backups recorded available"
-    if backup.status != "error":
-        return "waiting"
-    if step.is_open:
-        parts.journal.fail_step(step.id, backup.fail_reason or "error")
-    try:
-        parts.cloud.call(storage.delete_backup, backup_id, ignore_missing=True)
-    except API_ERRORS as exc:
-        LOG.warning("sweep: error backup %s not deleted: %s", backup_id, exc)
-        return "waiting"
-    LOG.info("sweep: deleting our error backup %s", backup_id)
-    return "error backups deleted"
+    return "waiting"
 
 
 def recover(parts: Parts, stop: threading.Event) -> list[Outcome]:

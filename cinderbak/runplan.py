@@ -20,13 +20,13 @@ T = TypeVar("T")
 class FairQueue(Generic[T]):
     """Work waiting to start, served round-robin across projects.
 
-    Fairness, exactly: each time capacity frees up, the projects are
-    visited in a fixed rotation starting after the one served last, and
-    the first whose next group fits starts that one group. So while a
+    Fairness, exactly: the projects with work queued are visited in a
+    fixed rotation, each starting one group (one detached volume, or one
+    server's volumes) per turn, and the rotation waits at the first
+    project whose group does not fit the free capacity. So while a
     project has work queued, every other project starts at most one group
-    (one detached volume, or one server's volumes) before it gets its
-    turn, whatever the number of volumes each has. Within a project,
-    groups start in the order they were queued.
+    before it gets its turn, whatever the number of volumes each has.
+    Within a project, groups start in the order they were queued.
     """
 
     def __init__(self) -> None:
@@ -55,27 +55,38 @@ class FairQueue(Generic[T]):
         return [p for p in self._rotation if self._by_project[p]]
 
     def take(
-        self, fits: Callable[[Hashable, T, int], bool]
+        self, fits: Callable[[Hashable, T, int], bool | None]
     ) -> list[tuple[Hashable, T]]:
         """Remove and return, in start order, every group that may start
-        now: one per project per turn while ``fits(project, group, size)``
-        allows it. ``fits`` is asked once per candidate and must reserve
-        the capacity it grants (the caller's limiter)."""
+        now, one per project per turn of the rotation.
+
+        ``fits(project, group, size)`` is asked once per candidate and
+        must reserve what it grants (the caller's limiter). It answers
+        True (started), False (no capacity: the rotation stops here, so
+        a large group is not overtaken by small ones and starts as soon
+        as enough work ends), or None (this group cannot start now for a
+        reason of its own, e.g. its server is frozen by another policy:
+        the rotation moves past it).
+        """
         started: list[tuple[Hashable, T]] = []
-        blocked: set[Hashable] = set()
+        skipped: set[Hashable] = set()
         while True:
             candidates = [
                 p
                 for p in self._order()
-                if self._by_project[p] and p not in blocked
+                if self._by_project[p] and p not in skipped
             ]
             if not candidates:
                 return started
             for project in candidates:
                 size, group = self._by_project[project][0]
-                if not fits(project, group, size):
-                    blocked.add(project)
+                verdict = fits(project, group, size)
+                if verdict is None:
+                    skipped.add(project)
                     continue
+                if not verdict:
+                    self._next = self._rotation.index(project)
+                    return started
                 self._by_project[project].popleft()
                 self._count -= size
                 self._next = (self._rotation.index(project) + 1) % len(
@@ -138,8 +149,8 @@ class Capacity:
 def ceiling_for(services_up: int, per_service: int, cap: int | None) -> int:
     """Given the backup services up, what each may run at once, and the
     operator's optional cap, return the ceiling of backups in flight.
-    With no service known up, one probe at a time."""
-    derived = max(1, services_up * per_service)
+    With no service known up, one service's worth."""
+    derived = max(1, services_up) * per_service
     return min(derived, cap) if cap else derived
 
 

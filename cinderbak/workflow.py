@@ -540,12 +540,14 @@ class PolicyRun:
     ) -> None:
         zone = self.policy.backup_availability_zone
 
-        def fits(project: Any, group: list[Job], size: int) -> bool:
+        def fits(project: Any, group: list[Job], size: int) -> bool | None:
+            if not self.limiter.project_has_room(str(project), size):
+                return None  # at its own cap: the others go on
             server = group[0].server_id if _freeze_key(group[0]) else None
             if server and not self.server_locks.try_acquire(
                 server, self.run_label
             ):
-                return False
+                return None  # another policy freezes it: its turn later
             if self.limiter.try_acquire(str(project), zone, size):
                 return True
             if server:
