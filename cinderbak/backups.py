@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 import openstack.connection
-from openstack import exceptions as sdk_exceptions
 from oslo_log import log as logging
 
 from cinderbak import listing, tenant
@@ -107,24 +105,6 @@ def history_by_volume(
     return found
 
 
-def history(
-    conn: openstack.connection.Connection, volume_id: str, deployment_id: str
-) -> list[BackupInfo]:
-    """Return all backups of a volume in the connection's project.
-
-    Foreign backups are included on purpose: Cinder may pick one of them
-    as the parent of our next incremental. Backup metadata cannot be
-    filtered server-side (the filter silently matches nothing), so our
-    mark is checked here.
-    """
-    return [
-        to_info(backup, deployment_id)
-        for backup in conn.block_storage.backups(
-            details=True, volume_id=volume_id
-        )
-    ]
-
-
 def ids_in_status(cloud: Cloud, kind: str, status: str) -> set[str]:
     """Return ids of all backups or snapshots (any project) in ``status``.
 
@@ -173,43 +153,3 @@ def quota_shortfall(
     if not problems:
         return None
     return "backup quota exceeded: " + "; ".join(problems)
-
-
-def delete_snapshot_when_free(
-    cloud: Cloud,
-    conn: openstack.connection.Connection,
-    snapshot_id: str,
-    *,
-    timeout: float,
-    stop: threading.Event,
-    interval: float = 2.0,
-) -> None:
-    """Delete a temporary snapshot once no backup reads from it.
-
-    A snapshot is ``backing-up`` while a backup reads it and cannot be
-    deleted then. Wait for the deletion to finish, so the run ends with
-    nothing of ours left behind. Raise TimeoutError if it does not.
-    """
-    deadline = datetime.datetime.now(datetime.UTC).timestamp() + timeout
-    requested = False
-    while True:
-        try:
-            snapshot = cloud.call(conn.block_storage.get_snapshot, snapshot_id)
-        except sdk_exceptions.NotFoundException:
-            return
-        if not requested and snapshot.status in ("available", "error"):
-            cloud.call(
-                conn.block_storage.delete_snapshot,
-                snapshot_id,
-                ignore_missing=True,
-            )
-            requested = True
-        elif snapshot.status == "error_deleting":
-            raise TimeoutError(f"snapshot {snapshot_id} is error_deleting")
-        if datetime.datetime.now(datetime.UTC).timestamp() > deadline:
-            raise TimeoutError(
-                f"snapshot {snapshot_id} still {snapshot.status} after "
-                f"{timeout:.0f} s"
-            )
-        if stop.wait(interval):
-            raise TimeoutError("stopping; the next start finishes the job")
