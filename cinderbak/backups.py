@@ -31,7 +31,7 @@ def parse_time(value: str | None) -> datetime.datetime | None:
     return parsed
 
 
-def to_info(backup, deployment_id: str) -> BackupInfo:
+def to_info(backup: Any, deployment_id: str) -> BackupInfo:
     """Convert an SDK backup to the planner's view of it."""
     metadata = dict(backup.metadata or {})
     try:

@@ -56,8 +56,9 @@ class BackupInfo:
     """What the planner needs to know about one Cinder backup."""
 
     id: str
-    created_at: datetime.datetime  # tz-aware UTC
-    data_timestamp: datetime.datetime  # point in time of the data
+    # tz-aware UTC; None when Cinder gave none (the planner keeps it)
+    created_at: datetime.datetime | None
+    data_timestamp: datetime.datetime | None  # point in time of the data
     is_incremental: bool
     status: str  # available, creating, deleting, restoring, error, ...
     ours: bool  # carries our cinderbak:owner mark
@@ -148,18 +149,22 @@ class Chains:
     )
 
     def __init__(self, backups: Iterable[BackupInfo]) -> None:
-        rows = []
+        rows: list[
+            tuple[datetime.datetime, datetime.datetime, str, bool, BackupInfo]
+        ] = []
         for b in backups:
             created, data = b.created_at, b.data_timestamp
             if (
-                getattr(created, "tzinfo", None) is UTC
-                and getattr(data, "tzinfo", None) is UTC
+                created is not None
+                and data is not None
+                and created.tzinfo is UTC
+                and data.tzinfo is UTC
             ):
                 rows.append((created, data, b.id, False, b))
             else:
-                created, bad_c = _as_utc(created)
-                data, bad_d = _as_utc(data)
-                rows.append((created, data, b.id, bad_c or bad_d, b))
+                utc_created, bad_c = _as_utc(created)
+                utc_data, bad_d = _as_utc(data)
+                rows.append((utc_created, utc_data, b.id, bad_c or bad_d, b))
         n = len(rows)
         if len({r[2] for r in rows}) != n:
             seen: set[str] = set()
@@ -175,10 +180,10 @@ class Chains:
         self.index: dict[str, int] = {r[2]: i for i, r in enumerate(rows)}
         # "Newest" is by data_timestamp (the point in time a restore gives
         # back), then created_at and id so that the order is total.
-        data = self.data
+        by_data = self.data
         self.newest_first: list[int] = sorted(
             range(n),
-            key=lambda i: (data[i], rows[i][0], rows[i][2]),
+            key=lambda i: (by_data[i], rows[i][0], rows[i][2]),
             reverse=True,
         )
         self.parent: list[int] = [-1] * n
@@ -291,7 +296,7 @@ def expected_parent(
     when backing up from a snapshot (only older data qualifies).
     """
     bound = _as_utc(before)[0] if before is not None else None
-    best: tuple | None = None
+    best: tuple[datetime.datetime, datetime.datetime, str] | None = None
     for b in history:
         if b.status != AVAILABLE:
             continue
@@ -470,7 +475,9 @@ def next_backup_kind(
     )
 
 
-def _key(chains: Chains, i: int) -> tuple:
+def _key(
+    chains: Chains, i: int
+) -> tuple[datetime.datetime, datetime.datetime, str]:
     return chains.data[i], chains.created[i], chains.backups[i].id
 
 

@@ -84,7 +84,11 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         if opt.dest not in ("auth_type", "auth_section")
     ]
     seen: set[str] = set()
-    unique = [o for o in auth_opts if not (o.dest in seen or seen.add(o.dest))]
+    unique: list[cfg.Opt] = []
+    for opt in auth_opts:
+        if opt.dest not in seen:
+            seen.add(opt.dest)
+            unique.append(opt)
     return [
         ("cloud", OPTS),
         (AUTH_GROUP, unique + ks_loading.get_session_conf_options()),
@@ -297,7 +301,7 @@ class Cloud:
                 f"the Block Storage API offers microversion {have}, "
                 f"cinderbak needs at least {need} (backup metadata)"
             )
-        return offered
+        return (int(offered[0]), int(offered[1]))
 
     def call(
         self,
@@ -368,25 +372,25 @@ class Cloud:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _delay(self, exc: BaseException, attempt: int) -> float:
+        cap = float(self._conf.cloud.api_retry_max_wait)
         hinted = _retry_after(exc)
         if hinted is not None:
-            return min(hinted, self._conf.cloud.api_retry_max_wait)
-        return float(
-            min(2.0 ** (attempt - 1), self._conf.cloud.api_retry_max_wait)
-        )
+            return min(hinted, cap)
+        return min(2.0 ** (attempt - 1), cap)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
-        hinted = _retry_after(state.outcome.exception())
+        failed = state.outcome.exception() if state.outcome else None
+        hinted = _retry_after(failed)
         if hinted is not None:
-            return min(hinted, self._conf.cloud.api_retry_max_wait)
-        return self._backoff(state)
+            return min(hinted, float(self._conf.cloud.api_retry_max_wait))
+        return float(self._backoff(state))
 
     @staticmethod
     def _log_retry(state: tenacity.RetryCallState) -> None:
         LOG.warning(
             "API call %s failed (%s); retry %d in %.1f s",
             getattr(state.fn, "__name__", state.fn),
-            state.outcome.exception(),
+            state.outcome.exception() if state.outcome else None,
             state.attempt_number,
             state.upcoming_sleep,
         )

@@ -13,7 +13,7 @@ import threading
 
 from oslo_config import cfg
 
-OPTS = [
+OPTS: list[cfg.Opt] = [
     cfg.IntOpt(
         "max_in_flight",
         default=0,

@@ -304,15 +304,16 @@ def _scratch_by_name(parts: Parts, backup_id: str) -> str | None:
     """The scratch volume a killed verification created before the
     journal learnt its id: our project, our name for it."""
     storage = parts.cloud.service.block_storage
-    for volume in parts.cloud.call(
+    found: list[Any] = parts.cloud.call(
         lambda: list(
             storage.volumes(name=discovery.SCRATCH_PREFIX + backup_id)
         )
-    ):
+    )
+    for volume in found:
         if discovery.is_scratch(
-            volume, parts.cloud.service.current_project_id
+            volume, str(parts.cloud.service.current_project_id)
         ):
-            return volume.id
+            return str(volume.id)
     return None
 
 
@@ -333,7 +334,7 @@ def _job_for(parts: Parts, run: PolicyRun, record: RunRecord) -> Job | None:
         )
         return None
     try:
-        volume = parts.cloud.call(
+        volume: Any = parts.cloud.call(
             parts.cloud.service.block_storage.get_volume, record.target
         )
     except sdk_exceptions.NotFoundException:
@@ -406,7 +407,10 @@ def _job_for(parts: Parts, run: PolicyRun, record: RunRecord) -> Job | None:
 
 
 def _adopt(
-    parts: Parts, listing, step: StepRecord, run: PolicyRun
+    parts: Parts,
+    listing: Callable[..., Any],
+    step: StepRecord,
+    run: PolicyRun,
 ) -> str | None:
     """Find what a step created when the journal missed its id.
 
@@ -418,7 +422,7 @@ def _adopt(
     ):
         if tenant.is_ours(item.metadata or {}, parts.conf.deployment_id):
             parts.journal.set_step_resource(step.id, item.id)
-            return item.id
+            return str(item.id)
     if step.is_open:
         parts.journal.fail_step(step.id, "the cloud never created it")
     return None

@@ -38,8 +38,12 @@ def poll(
     """
     event = stop or threading.Event()
 
-    def stopped(state: tenacity.RetryCallState) -> bool:
-        return event.is_set()
+    class _StopSet(tenacity.stop.stop_base):
+        def __call__(self, state: tenacity.RetryCallState) -> bool:
+            return event.is_set()
+
+    def sleep(seconds: float) -> None:
+        event.wait(seconds)
 
     def give_up(state: tenacity.RetryCallState) -> T:
         if event.is_set():
@@ -48,10 +52,11 @@ def poll(
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_result(lambda value: value is None),
-        stop=tenacity.stop_after_delay(timeout) | stopped,
+        stop=tenacity.stop_after_delay(timeout) | _StopSet(),
         wait=tenacity.wait_fixed(interval),
-        sleep=event.wait,
+        sleep=sleep,
         retry_error_callback=give_up,
     )
-    result: T = retrying(check)
+    result = retrying(check)
+    assert result is not None  # give_up raised otherwise
     return result

@@ -1119,7 +1119,7 @@ class PolicyRun:
             details={},
         )
         self.journal.set_step_resource(
-            job.snapshot_delete_step, job.snapshot_id
+            job.snapshot_delete_step, str(job.snapshot_id)
         )
         job.deadline = self.clock() + self.policy.snapshot_timeout
 
@@ -1275,7 +1275,7 @@ def write_back(
     """
     if not conf.write_back_status:
         return
-    values = {tenant.LAST_STATUS: tenant.status_text(error)}
+    values: dict[str, Any] = {tenant.LAST_STATUS: tenant.status_text(error)}
     if backup_id:
         now = datetime.datetime.now(datetime.UTC)
         values[tenant.LAST_BACKUP] = f"{backup_id} {now:%Y-%m-%dT%H:%M:%SZ}"

@@ -13,6 +13,7 @@ import os
 import pathlib
 import signal
 import textwrap
+import threading
 import time
 import uuid
 
@@ -294,3 +295,62 @@ def test_hung_snapshot_guest_thawed_by_watchdog_snapshot_cleaned_later(
     assert any("snapshot deletions requested" in p for p in passes), passes
     assert list(alice.block_storage.snapshots(volume_id=volume.id)) == []
     assert journal.open_steps(kind=steps.SNAPSHOT_DELETE) == []
+
+
+def test_two_policies_on_one_server_never_freeze_it_at_once(
+    stack, alice, make_volume, tmp_path, guest
+):
+    """Each policy's run freezes the server for its own volume; the runs
+    go at the same time, the freezes one after the other."""
+    (first,) = _server_volumes(alice, make_volume, TEST_DOMAIN, 1)
+    second = make_volume(alice, metadata={"cinderbak:policy": "app2"})
+    attach_to_server(alice, second.id, TEST_DOMAIN)
+    _, parts = _build(
+        stack,
+        tmp_path,
+        "snapshot",
+        extra="""\
+        [policy:app2]
+        schedule = every 1h
+        transfer_mode = snapshot
+        """,
+    )
+    results: dict[str, list] = {}
+    try:
+        threads = [
+            threading.Thread(
+                target=lambda name=name: results.__setitem__(
+                    name, service.run_once(parts, [name], audit=False)
+                )
+            )
+            for name in ("app", "app2")
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+    finally:
+        parts.close()
+    outcomes = results["app"] + results["app2"]
+    assert {o.volume_id for o in outcomes} == {first.id, second.id}
+    assert all(o.status == "ok" for o in outcomes), outcomes
+    assert {o.consistency for o in outcomes} == {"quiesced"}, outcomes
+    journal = Journal.from_url(f"sqlite:///{tmp_path}/journal.sqlite")
+    windows = []
+    for name in ("app", "app2"):
+        for run in journal.runs(policy=name):
+            kinds = {s.kind: s for s in journal.get_run(run.id).steps or ()}
+            if steps.FREEZE in kinds:
+                windows.append(
+                    (
+                        kinds[steps.FREEZE].created_at,
+                        kinds[steps.THAW].finished_at,
+                        kinds[steps.THAW].details["freeze_seconds"],
+                    )
+                )
+    windows.sort()
+    assert len(windows) == 2, windows
+    assert windows[0][1] <= windows[1][0], f"freezes overlapped: {windows}"
+    # The thaw step records the real window (it used to be null).
+    assert all(seconds is not None and seconds > 0 for *_, seconds in windows)
+    assert guest.fsThaw() == 0, "the guest was left frozen"

@@ -9,6 +9,7 @@ HTTP boundary (tests/faultproxy.py); everything else is real.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -291,3 +292,45 @@ def test_recovery_settles_a_backup_deleted_behind_our_back_at_once(
     assert "vanished" in run.summary["error"], run.summary
     # Not a poll until backup_timeout (an hour): settled on sight.
     assert took < 120, took
+
+
+def test_an_api_away_for_90_seconds_mid_run_is_waited_out(
+    proxied, alice, admin, make_volume
+):
+    proxy, make = proxied
+    name = f"away{uuid.uuid4().hex[:6]}"
+    cinderbak = make(_policy(name, backup_timeout=900))
+    volumes = [
+        make_volume(alice, metadata={tenant.POLICY: name}) for _ in range(3)
+    ]
+    process = subprocess.Popen(
+        [
+            str(CINDERBAK),
+            "--config-file",
+            str(cinderbak.path),
+            "run-once",
+            "--no-audit",
+            "-f",
+            "json",
+        ],
+        env=cinderbak.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def all_requested():
+        posts = [e for e in proxy.log if e[:2] == ("POST", "/v3/backups")]
+        return len(posts) == len(volumes)
+
+    wait_until(all_requested, 120, "every backup to be requested")
+    proxy.unreachable_until = time.monotonic() + 90
+    out, err = process.communicate(timeout=900)
+    rows = json.loads(out[out.find("[") :])
+    assert process.returncode == 0, err[-3000:]
+    assert [r["status"] for r in rows] == ["ok"] * 3, rows
+    assert any(e[2] == "unreachable" for e in proxy.log)
+    for volume in volumes:
+        ours = _ours(admin, volume.id, cinderbak.deployment_id)
+        assert [b.status for b in ours] == ["available"], ours
+    assert "status poll failed" in err
