@@ -46,6 +46,7 @@ import datetime
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any
 
 import openstack.connection
 from openstack import exceptions as sdk_exceptions
@@ -61,7 +62,7 @@ from cinderbak.policy import Ownership, Policy
 LOG = logging.getLogger(__name__)
 
 GROUP = "expiry"
-OPTS = [
+OPTS: list[cfg.Opt] = [
     cfg.IntOpt(
         "max_deletions_per_pass",
         default=50,
@@ -145,7 +146,7 @@ class ExpiryRow:
     def failed(self) -> bool:
         return self.action == "error" or self.result.startswith(FAILED)
 
-    def row(self, columns: Iterable[str] = EXPIRE_COLUMNS) -> tuple:
+    def row(self, columns: Iterable[str] = EXPIRE_COLUMNS) -> tuple[Any, ...]:
         return tuple(getattr(self, column) for column in columns)
 
     @classmethod
@@ -235,9 +236,7 @@ def refusal(
     return None
 
 
-def governing_policy(
-    listed: Iterable[object], deployment_id: str
-) -> str | None:
+def governing_policy(listed: Iterable[Any], deployment_id: str) -> str | None:
     """Given the SDK backups of one volume in one project, return the
     ``cinderbak:policy`` of the newest backup of ours (by data timestamp,
     then creation time), or None if none of them is ours.
@@ -245,7 +244,7 @@ def governing_policy(
     A deleted volume's backups are expired by that one policy, so two
     policies never plan the same backups.
     """
-    best: tuple | None = None
+    best: tuple[Any, ...] | None = None
     for backup in listed:
         metadata = dict(getattr(backup, "metadata", None) or {})
         if not tenant.is_ours(metadata, deployment_id):
@@ -273,7 +272,7 @@ def _sortable(value: datetime.datetime | None) -> datetime.datetime:
 # -- reading -----------------------------------------------------------
 
 
-def _options(conf: cfg.ConfigOpts):
+def _options(conf: cfg.ConfigOpts) -> Any:
     register_opts(conf)  # idempotent; opts.py registers them too
     return conf[GROUP]
 
@@ -298,7 +297,7 @@ def select_policies(
 class _Reader:
     """Gathers the plans of one policy."""
 
-    def __init__(self, parts, policy: Policy) -> None:
+    def __init__(self, parts: Any, policy: Policy) -> None:
         self.parts = parts
         self.cloud = parts.cloud
         self.policy = policy
@@ -309,15 +308,18 @@ class _Reader:
     def owners(self, targets: Mapping[str, str]) -> list[str]:
         """The projects that may hold backups of this policy."""
         if self.policy.ownership is Ownership.SERVICE:
-            return [self.cloud.service.current_project_id]
+            return [str(self.cloud.service.current_project_id)]
         projects = set(targets.values())
         projects |= self.parts.journal.projects_of_policy(self.policy.name)
         return sorted(projects)
 
     def connection(self, project_id: str) -> openstack.connection.Connection:
-        if self.policy.ownership is Ownership.SERVICE:
-            return self.cloud.service
-        return self.cloud.for_project(project_id)
+        conn: openstack.connection.Connection = (
+            self.cloud.service
+            if self.policy.ownership is Ownership.SERVICE
+            else self.cloud.for_project(project_id)
+        )
+        return conn
 
     def volume_exists(self, volume_id: str) -> bool:
         if volume_id not in self._exists:
@@ -331,7 +333,7 @@ class _Reader:
         return self._exists[volume_id]
 
     def covered(
-        self, volume_id: str, listed: list, targets: Mapping[str, str]
+        self, volume_id: str, listed: list[Any], targets: Mapping[str, str]
     ) -> bool | None:
         """Return whether the volume exists when this policy governs its
         backups, else None (not ours to plan)."""
@@ -382,7 +384,7 @@ class _Reader:
                     ExpiryRow.problem(name, project_id, "", str(exc))
                 )
                 continue
-            by_volume: dict[str, list] = {}
+            by_volume: dict[str, list[Any]] = {}
             for backup in listed:
                 by_volume.setdefault(backup.volume_id, []).append(backup)
             ours = {
@@ -446,7 +448,7 @@ class _Reader:
 
 
 def plan_policy(
-    parts,
+    parts: Any,
     policy: Policy,
     now: datetime.datetime,
     *,
@@ -519,7 +521,7 @@ class _Deleter:
 
     def __init__(
         self,
-        parts,
+        parts: Any,
         policy: Policy,
         now: datetime.datetime,
         stop: threading.Event,
@@ -712,6 +714,7 @@ class _Deleter:
         """The backup is no longer listed as deleting: find out how it
         ended. Return False if it is, after all, still being deleted."""
         backup_id, step = queue.current, queue.step
+        assert backup_id is not None and step is not None
         try:
             backup = self.cloud.call(
                 queue.plan.conn.block_storage.get_backup, backup_id
@@ -738,6 +741,7 @@ class _Deleter:
     def _timed_out(self, queue: _Queue) -> None:
         seconds = self.options.delete_timeout
         reason = f"still deleting after {seconds} s; a later pass looks again"
+        assert queue.step is not None and queue.current is not None
         self.journal.fail_step(queue.step, reason)
         self.results[queue.current] = f"{FAILED}: {reason}"
         blocker = queue.current
@@ -757,7 +761,7 @@ class _Deleter:
 
 
 def expire_policy(
-    parts,
+    parts: Any,
     policy: Policy,
     now: datetime.datetime,
     *,

@@ -15,7 +15,7 @@ import collections
 import concurrent.futures
 import datetime
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from openstack import exceptions as sdk_exceptions
@@ -46,7 +46,9 @@ from cinderbak.workflow import Job, PolicyRun, resource_name, write_back
 LOG = logging.getLogger(__name__)
 
 
-def thaw_left_frozen(parts: Parts) -> int:
+def thaw_left_frozen(
+    parts: Parts, frozen: Sequence[StepRecord] | None = None
+) -> int:
     """Thaw every guest the journal shows frozen; return how many.
 
     Runs first at start-up: a guest left frozen by a killed daemon hangs
@@ -54,7 +56,8 @@ def thaw_left_frozen(parts: Parts) -> int:
     the journal and is tried again at the next start.
     """
     thawed = 0
-    for step in parts.journal.frozen_servers():
+    listed = parts.journal.frozen_servers() if frozen is None else frozen
+    for step in listed:
         server = ServerRef(step.target, step.details.get("host"))
         try:
             count = parts.quiescer.thaw(server)
@@ -191,8 +194,17 @@ def _sweep_backup(parts: Parts, step: StepRecord) -> str:
     return "waiting"
 
 
-def recover(parts: Parts, stop: threading.Event) -> list[Outcome]:
+def recover(
+    parts: Parts,
+    stop: threading.Event,
+    unfinished: Sequence[RunRecord] | None = None,
+    frozen: Sequence[StepRecord] | None = None,
+) -> list[Outcome]:
     """Settle every unfinished run of this host; return their outcomes.
+
+    ``unfinished`` and ``frozen`` default to what the journal lists now;
+    the daemon passes what it listed before its scheduler started, so the
+    runs (and freezes) of the new process are never taken for leftovers.
 
     Each run is rebuilt from the journal into a job in the phase its
     steps show and carried on by the same engine as a fresh run; runs of
@@ -200,11 +212,13 @@ def recover(parts: Parts, stop: threading.Event) -> list[Outcome]:
     (bounded). A resource that vanished meanwhile settles its job at
     once. Safe to repeat: a settled record is a no-op.
     """
-    thaw_left_frozen(parts)
+    thaw_left_frozen(parts, frozen)
     by_slot: dict[tuple[str, Any], list[RunRecord]] = collections.defaultdict(
         list
     )
-    for record in parts.journal.unfinished_runs():
+    if unfinished is None:
+        unfinished = parts.journal.unfinished_runs()
+    for record in unfinished:
         if record.policy.startswith(verify.RUN_PREFIX):
             settle_verification(parts, record)
         elif record.policy.startswith(expiry.RUN_PREFIX):

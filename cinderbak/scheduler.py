@@ -42,7 +42,6 @@ from oslo_log import log as logging
 from cinderbak import discovery, expiry, recovery, systemd, verify
 from cinderbak.journal import (
     InvalidTransition,
-    Journal,
     RunRecord,
     StepRecord,
     states,
@@ -163,7 +162,10 @@ def next_run(
 ) -> datetime.datetime | None:
     """Given a policy and the time, return its next nominal fire time
     after ``now`` (jitter may add up to ``policy.jitter`` seconds)."""
-    return policy.schedule.trigger().get_next_fire_time(None, now)
+    fire: datetime.datetime | None = (
+        policy.schedule.trigger().get_next_fire_time(None, now)
+    )
+    return fire
 
 
 def expiry_summary(rows: Sequence[expiry.ExpiryRow]) -> str:
@@ -191,7 +193,9 @@ def slot_summary(outcomes: Sequence[Outcome], targets: int) -> dict[str, Any]:
     }
 
 
-def summary_from_states(run_states: Iterable[states.RunState]) -> dict:
+def summary_from_states(
+    run_states: Iterable[states.RunState],
+) -> dict[str, Any]:
     """Given the states of a slot's per-volume runs, return the counts.
 
     Runs not yet final count as interrupted.
@@ -289,37 +293,6 @@ def plan_changes(
     )
 
 
-class _RecoveryView:
-    """The journal as start-up recovery must see it.
-
-    :func:`cinderbak.recovery.recover` settles every unfinished run it
-    lists and thaws every guest the journal shows frozen. Listed while
-    the scheduler already runs, that would include the runs (and the
-    freezes) the new process just began, so it is handed what was listed
-    before the scheduler started, less the policy-level runs, which are
-    settled here once their volumes' runs are. All else is the journal.
-    """
-
-    def __init__(
-        self,
-        journal: Journal,
-        runs: Sequence[RunRecord],
-        frozen: Sequence[StepRecord],
-    ) -> None:
-        self._journal = journal
-        self._runs = list(runs)
-        self._frozen = list(frozen)
-
-    def unfinished_runs(self, *, any_host: bool = False) -> list[RunRecord]:
-        return list(self._runs)
-
-    def frozen_servers(self, *, any_host: bool = False) -> list[StepRecord]:
-        return list(self._frozen)
-
-    def __getattr__(self, name: str):
-        return getattr(self._journal, name)
-
-
 class Daemon:
     """The scheduler, its jobs, and the daemon's start, reload and stop.
 
@@ -372,7 +345,8 @@ class Daemon:
         """Schedule every policy, start recovery, tell systemd we're up."""
         now = now or _utcnow()
         journal = self.parts.journal
-        # Taken before any job can begin a run (see _RecoveryView).
+        # Taken before any job can begin a run: recovery settles these only,
+        # never what the new process began.
         unfinished = journal.unfinished_runs()
         frozen = journal.frozen_servers()
         due = recovery.missed_runs(self.parts, now)
@@ -436,7 +410,9 @@ class Daemon:
         )
         self._notify(systemd.READY)
 
-    def _add_policy_job(self, policy: Policy, *, replace=False) -> None:
+    def _add_policy_job(
+        self, policy: Policy, *, replace: bool = False
+    ) -> None:
         self.scheduler.add_job(
             self._run_policy,
             policy.schedule.trigger(policy.jitter),
@@ -677,7 +653,7 @@ class Daemon:
                 "policy %s, slot %s: %s: %s", name, slot, state, reason
             )
 
-    def _on_skipped(self, event) -> None:
+    def _on_skipped(self, event: Any) -> None:
         """APScheduler refused a run: record the slot, so it shows."""
         known = self.parts.policies.get(event.job_id)
         if known is None:
@@ -813,11 +789,9 @@ class Daemon:
                 len(slots),
             )
             self._notify(status=f"recovering {len(volumes)} unfinished runs")
-            view = dataclasses.replace(
-                self.parts,
-                journal=_RecoveryView(self.parts.journal, volumes, frozen),
+            outcomes = recovery.recover(
+                self.parts, self.stop, unfinished=volumes, frozen=frozen
             )
-            outcomes = recovery.recover(view, self.stop)
             done = collections.Counter(o.status for o in outcomes)
             LOG.info(
                 "recovery: %d runs resumed or cleaned up (%s); %d that "

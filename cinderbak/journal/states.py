@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from typing import TypeVar
 
 
 class RunState(enum.StrEnum):
@@ -186,11 +187,22 @@ class InvalidTransition(ValueError):
         )
 
 
-def _check(table, state_type, current, target, what):
+S = TypeVar("S", RunState, StepState)
+
+
+def _check(
+    table: Mapping[S, frozenset[S]],
+    state_type: type[S],
+    current: S | str,
+    target: S | str,
+    what: str,
+) -> S:
     cur, new = state_type(current), state_type(target)
     allowed = table[cur]
     if new not in allowed:
-        raise InvalidTransition(what, cur, new, allowed)
+        raise InvalidTransition(
+            what, cur, new, frozenset[enum.StrEnum](allowed)
+        )
     return new
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from cinderbak import policy, scheduler
 from cinderbak.cmd import runs, status
-from cinderbak.journal import Journal, RunRecord, states
+from cinderbak.journal import RunRecord, states
 from cinderbak.summary import Outcome
 
 UTC = datetime.UTC
@@ -167,25 +167,6 @@ def test_one_worker_per_policy_plus_audit_and_a_spare():
 def test_policy_names_cannot_take_the_ids_of_internal_jobs(name):
     with pytest.raises(policy.PolicyConfigError, match="section name"):
         _policy(name)
-
-
-# -- the recovery view ---------------------------------------------------
-
-
-def test_recovery_sees_only_what_was_unfinished_before_the_start(tmp_path):
-    journal = Journal.from_url(f"sqlite:///{tmp_path}/journal.sqlite")
-    journal.upgrade()
-    slot = datetime.datetime(2024, 5, 1, 3, tzinfo=UTC)
-    old = journal.begin_run("daily", "vol-1", slot, project_id="p")
-    before = journal.unfinished_runs()
-    view = scheduler._RecoveryView(journal, before, [])
-    # A run the new process begins afterwards is not recovery's.
-    journal.begin_run("daily", "vol-2", slot, project_id="p")
-    assert [r.id for r in view.unfinished_runs()] == [old.id]
-    assert view.frozen_servers() == []
-    # Everything else is the journal itself.
-    assert len(view.runs(policy="daily")) == 2
-    journal.close()
 
 
 # -- CLI rows ------------------------------------------------------------
