@@ -47,7 +47,6 @@ def config(stack, workdir: pathlib.Path, write_back: bool) -> pathlib.Path:
         textwrap.dedent(f"""\
         [DEFAULT]
         deployment_id = bench-{uuid.uuid4().hex}
-        poll_interval = 1
         write_back_status = {str(write_back).lower()}
         state_path = {workdir}
         [cloud]
@@ -166,6 +165,7 @@ def cycles(stack, args, workdir: pathlib.Path) -> None:
     ids = {v.id for v in volumes}
     parts = configs.parts_from(config(stack, workdir, args.write_back))
     logs = AccessLogs(stack, parts.cloud.service.current_user_id)
+    poll = parts.conf.poll_interval
     print(
         f"{args.volumes} x 1 GiB volumes, write_back_status = "
         f"{args.write_back}"
@@ -193,7 +193,7 @@ def cycles(stack, args, workdir: pathlib.Path) -> None:
                 f"{cycle:5d}  {done:7d}  {cinder:6d}  {keystone:8d}  "
                 f"{cinder / max(done, 1):13.2f}  "
                 f"{keystone / max(done, 1):15.2f}  {wall:6.1f}  "
-                f"{share:10.2f}  {wall / (busy + 1.0):16.2f}"
+                f"{share:10.2f}  {wall / (busy + poll):16.2f}"
             )
             kinds = sorted({o.kind for o in outcomes})
             print(f"       kinds: {', '.join(kinds)}")

@@ -23,8 +23,10 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+from cinderbak import policy
 from cinderbak.journal import Journal, states
 from cinderbak.workflow import resource_name
+from tests import configs
 
 UTC = datetime.UTC
 OPT_IN = "cinderbak:policy"
@@ -446,6 +448,41 @@ def test_a_restart_finishes_the_run_with_one_backup_and_no_leak(
     for line in _recovery_lines(output):
         print("   ", line)
     assert second.stop() == 0
+
+
+def test_a_slot_killed_before_discovery_is_run_again_not_called_a_success(
+    cinderbak_config, make_volume, alice, admin, daemons
+):
+    """What a kill -9 between a slot's start and its discovery leaves: a
+    RUNNING policy-level run with no volume runs. The restart must back
+    the slot's volumes up (it is within the misfire grace), not settle
+    it as succeeded with 0 volumes."""
+    hourly = _unique("hourly")
+    config = cinderbak_config(_policy(hourly, "every 1h"))
+    volume = make_volume(alice, metadata={OPT_IN: hourly})
+    known = policy.load_policies(configs.conf_from(config.path))[hourly]
+    slot = known.schedule.last_fire_time(datetime.datetime.now(datetime.UTC))
+    journal = daemons.journal()
+    journal.upgrade()
+    left = journal.begin_run(
+        hourly, "*", slot, project_id=None, attrs={"kind": "policy"}
+    )
+    journal.start_run(left.id)
+
+    daemon = daemons.start(config)
+    settled = wait_until(
+        lambda: (run := journal.get_run(left.id)).is_final and run,
+        180,
+        "the interrupted slot to be settled",
+        daemon=daemon,
+    )
+    assert settled.state is states.SUCCEEDED, settled.summary
+    assert settled.summary["ok"] == 1, settled.summary
+    (run,) = _volume_runs(journal, volume.id)
+    assert run.scheduled_at == slot and run.state is states.SUCCEEDED
+    assert len(_our_backups(admin, volume.id)) == 1
+    assert "interrupted before discovery; running it now" in (daemon.output())
+    assert daemon.stop() == 0
 
 
 # -- concurrency limits and the cost of a run -----------------------------
