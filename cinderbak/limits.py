@@ -41,6 +41,23 @@ OPTS: list[cfg.Opt] = [
         "round-robin across projects (see doc/source/engine.rst).",
     ),
     cfg.IntOpt(
+        "service_backups_per_project",
+        default=0,
+        min=0,
+        help="With ownership = service every tenant's backups share the "
+        "service project's Cinder quota: this caps the backups one tenant "
+        "project may hold there, counted by cinderbak from its journal, "
+        "so one tenant opting in more volumes cannot make another's "
+        "backups fail. 0: no cap.",
+    ),
+    cfg.IntOpt(
+        "service_gigabytes_per_project",
+        default=0,
+        min=0,
+        help="Like service_backups_per_project, for backup gigabytes "
+        "(Cinder counts a backup at its volume's size). 0: no cap.",
+    ),
+    cfg.IntOpt(
         "max_in_flight_per_zone",
         default=0,
         min=0,

@@ -207,6 +207,9 @@ class PolicyRun:
             collections.Counter()
         )
         self._trusted: dict[str, set[str]] = {}
+        # Per tenant project, (backups, GiB) it holds in the service
+        # project, counted once per run (ownership = service only).
+        self._tenant_usage: dict[str, tuple[int, int]] | None = None
 
     @classmethod
     def for_parts(
@@ -369,6 +372,9 @@ class PolicyRun:
             return refuse(f"cannot read backups or quota: {exc}")
         if shortfall:
             return refuse(f"project {owner}: {shortfall}")
+        over_cap = self._tenant_cap_shortfall(target, owner, conn)
+        if over_cap:
+            return refuse(over_cap)
         now = datetime.datetime.now(datetime.UTC)
         kind, reason = chains.next_backup_kind(history, policy.full_every, now)
         return Job(
@@ -410,6 +416,56 @@ class PolicyRun:
             self._quota_taken[(owner, "backups")] += 1
             self._quota_taken[(owner, "gigabytes")] += size_gb
         return shortfall
+
+    def _tenant_cap_shortfall(
+        self,
+        target: Target,
+        owner: str,
+        conn: openstack.connection.Connection,
+    ) -> str | None:
+        """With ownership = service, hold each tenant project to its own
+        caps in the shared service project; count what this run adds."""
+        limits = self.conf.limits
+        max_backups = limits.service_backups_per_project
+        max_gb = limits.service_gigabytes_per_project
+        if self.policy.ownership is not Ownership.SERVICE or not (
+            max_backups or max_gb
+        ):
+            return None
+        if self._tenant_usage is None:
+            present = {
+                info.id
+                for infos in self._history(owner, conn).values()
+                for info in infos
+            }
+            usage: dict[str, tuple[int, int]] = {}
+            for project, backup_id, size in self.journal.service_backups():
+                if backup_id in present:
+                    count, gb = usage.get(project, (0, 0))
+                    usage[project] = (count + 1, gb + size)
+            self._tenant_usage = usage
+        count, gb = self._tenant_usage.get(target.project_id, (0, 0))
+        problems = []
+        if max_backups and count + 1 > max_backups:
+            problems.append(
+                f"it holds {count} backups, "
+                f"service_backups_per_project is {max_backups}"
+            )
+        if max_gb and gb + target.size_gb > max_gb:
+            problems.append(
+                f"it holds {gb} GiB and this backup needs "
+                f"{target.size_gb}, service_gigabytes_per_project is {max_gb}"
+            )
+        if problems:
+            return (
+                f"project {target.project_id} is over its cinderbak quota "
+                "in the service project: " + "; ".join(problems)
+            )
+        self._tenant_usage[target.project_id] = (
+            count + 1,
+            gb + target.size_gb,
+        )
+        return None
 
     def _owner(self, target: Target) -> str:
         if self.policy.ownership is Ownership.PROJECT:

@@ -786,6 +786,29 @@ class Journal:
         )
         return self._steps(query, any_host)
 
+    def service_backups(self) -> list[tuple[str, str, int]]:
+        """(tenant project, backup id, size in GiB) of every backup our
+        runs made in the service project (ownership = service): what a
+        tenant's volumes hold there, counted against its own caps."""
+        step, run = models.Step, models.Run
+        query = sa.select(
+            run.project_id, run.attrs, step.resource_id, step.details
+        ).where(
+            step.run_id == run.id,
+            step.kind == StepKind.BACKUP_CREATE,
+            step.state == StepState.DONE,
+            step.resource_id.is_not(None),
+            run.project_id.is_not(None),
+        )
+        found: list[tuple[str, str, int]] = []
+        with self._read() as s:
+            for project, attrs, backup_id, details in s.execute(query):
+                if (attrs or {}).get("ownership") != "service":
+                    continue
+                size = int((details or {}).get("size_gb") or 0)
+                found.append((str(project), str(backup_id), size))
+        return found
+
     def known_backups(self, volume_ids: Iterable[str]) -> dict[str, set[str]]:
         """Map each volume id to the backups our runs created for it (any
         host, any outcome): what an owner mark must be backed by."""

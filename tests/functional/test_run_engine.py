@@ -334,3 +334,37 @@ def test_an_api_away_for_90_seconds_mid_run_is_waited_out(
         ours = _ours(admin, volume.id, cinderbak.deployment_id)
         assert [b.status for b in ours] == ["available"], ours
     assert "status poll failed" in err
+
+
+# -- service ownership: each tenant held to its own caps --------------------
+
+
+def test_service_ownership_holds_each_tenant_to_its_own_caps(
+    alice, bob, admin, make_volume, cinderbak_config
+):
+    name = f"caps{uuid.uuid4().hex[:6]}"
+    cinderbak = cinderbak_config(
+        _policy(name, ownership="service")
+        + "[limits]\nservice_backups_per_project = 2\n"
+    )
+    greedy = [
+        make_volume(alice, metadata={tenant.POLICY: name}) for _ in range(3)
+    ]
+    modest = make_volume(bob, metadata={tenant.POLICY: name})
+    rows = {r["volume_id"]: r for r in cinderbak.run("run-once", "--no-audit")}
+    greedy_rows = [rows[v.id] for v in greedy]
+    assert sorted(r["status"] for r in greedy_rows) == ["error", "ok", "ok"]
+    (refused,) = [r for r in greedy_rows if r["status"] == "error"]
+    assert (
+        "over its cinderbak quota in the service project" in (refused["error"])
+    ), refused
+    assert "service_backups_per_project is 2" in refused["error"]
+    # The other tenant is not made to pay for it.
+    assert rows[modest.id]["status"] == "ok", rows[modest.id]
+    # Counted from what exists: the next run refuses tenant-a's volumes
+    # (it holds 2), and still backs up tenant-b's (it holds 1).
+    again = {
+        r["volume_id"]: r for r in cinderbak.run("run-once", "--no-audit")
+    }
+    assert {again[v.id]["status"] for v in greedy} == {"error"}
+    assert again[modest.id]["status"] == "ok", again[modest.id]
