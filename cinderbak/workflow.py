@@ -365,16 +365,20 @@ class PolicyRun:
         try:
             conn = self._owner_connection(target)
             history = self._history(owner, conn).get(target.volume_id, [])
-            shortfall = self._quota_shortfall(owner, target.size_gb)
+            over_cap = self._tenant_cap_shortfall(target, owner, conn)
+            shortfall = (
+                None
+                if over_cap
+                else self._quota_shortfall(owner, target.size_gb)
+            )
         except NoRoleInProject as exc:
             return refuse(str(exc))
         except API_ERRORS as exc:
             return refuse(f"cannot read backups or quota: {exc}")
-        if shortfall:
-            return refuse(f"project {owner}: {shortfall}")
-        over_cap = self._tenant_cap_shortfall(target, owner, conn)
         if over_cap:
             return refuse(over_cap)
+        if shortfall:
+            return refuse(f"project {owner}: {shortfall}")
         now = datetime.datetime.now(datetime.UTC)
         kind, reason = chains.next_backup_kind(history, policy.full_every, now)
         return Job(
