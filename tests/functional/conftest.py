@@ -173,6 +173,7 @@ class Cinderbak:
             )
         start = result.stdout.find("[")
         self.last_stderr = result.stderr
+        self.last_stdout = result.stdout
         self.last_returncode = result.returncode
         return json.loads(result.stdout[start:]) if start >= 0 else []
 

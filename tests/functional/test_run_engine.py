@@ -368,3 +368,101 @@ def test_service_ownership_holds_each_tenant_to_its_own_caps(
     }
     assert {again[v.id]["status"] for v in greedy} == {"error"}
     assert again[modest.id]["status"] == "ok", again[modest.id]
+
+
+# -- kill -9 of run-once at a step boundary ------------------------------
+
+
+def _audit(admin, cinderbak, volume_id: str) -> dict[str, int]:
+    """What a crash may leave behind; all must be zero."""
+    journal = _journal(cinderbak)
+    try:
+        unfinished = len(journal.unfinished_runs(any_host=True))
+    finally:
+        journal.close()
+    ours = _ours(admin, volume_id, cinderbak.deployment_id)
+    snapshots = [
+        s
+        for s in admin.block_storage.snapshots(
+            details=True, all_projects=True, volume_id=volume_id
+        )
+        if tenant.is_ours(s.metadata or {}, cinderbak.deployment_id)
+    ]
+    return {
+        "temporary snapshots": len(snapshots),
+        "backups not available": sum(b.status != "available" for b in ours),
+        "unfinished runs": unfinished,
+    }
+
+
+@pytest.mark.parametrize(
+    "mode, kind",
+    [
+        ("snapshot", steps.SNAPSHOT_CREATE),
+        ("snapshot", steps.BACKUP_CREATE),
+        ("volume", steps.BACKUP_CREATE),
+    ],
+)
+def test_run_once_killed_at_a_step_is_settled_by_the_next_run_once(
+    alice, admin, make_volume, cinderbak_config, mode, kind
+):
+    name = f"kill{uuid.uuid4().hex[:6]}"
+    cinderbak = cinderbak_config(_policy(name, transfer_mode=mode))
+    volume = make_volume(alice, metadata={tenant.POLICY: name})
+    process = subprocess.Popen(
+        [
+            str(CINDERBAK),
+            "--config-file",
+            str(cinderbak.path),
+            "run-once",
+            "--no-audit",
+        ],
+        env=cinderbak.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    journal = _journal(cinderbak)
+
+    def step_with_id():
+        for run in journal.unfinished_runs(any_host=True):
+            for step in run.steps or ():
+                if step.kind == kind and step.resource_id:
+                    return step
+        return None
+
+    try:
+        step = wait_until(step_with_id, 120, f"a {kind} step", interval=0.05)
+    finally:
+        process.kill()
+        process.wait(30)
+    slot = journal.get_run(step.run_id).scheduled_at
+    journal.close()
+
+    # The next run-once settles the killed one first, then backs up.
+    cinderbak.run("run-once", "--no-audit")
+    assert "recovery: settled 1 interrupted runs" in cinderbak.last_stdout
+    journal = _journal(cinderbak)
+    try:
+        killed = journal.get_run(step.run_id)
+    finally:
+        journal.close()
+    assert killed.is_final, killed
+    if kind == steps.SNAPSHOT_CREATE:
+        assert "before the backup was requested" in killed.summary["error"]
+    else:
+        assert killed.summary["status"] == "ok", killed.summary
+
+    def settled():
+        audit = _audit(admin, cinderbak, volume.id)
+        return audit if not any(audit.values()) else None
+
+    wait_until(settled, 120, "nothing left behind", interval=2)
+    # At most one backup per (volume, slot).
+    by_run = [
+        b.metadata.get(tenant.RUN)
+        for b in _ours(admin, volume.id, cinderbak.deployment_id)
+    ]
+    assert len(by_run) == len(set(by_run)), by_run
+    assert f"{name}@{slot:%Y-%m-%dT%H:%M:%SZ}" in by_run or (
+        kind == steps.SNAPSHOT_CREATE
+    )
