@@ -101,20 +101,41 @@ class AccessLogs:
         return cinder, keystone
 
 
+FINISHED = re.compile(
+    r"^(\S+ \S+) .*Create backup finished\. backup: ([0-9a-f-]{36})"
+)
+
+
+def finish_times(stack) -> dict[str, float]:
+    """When cinder-backup finished each backup, from its own log (UTC):
+    ``updated_at`` also moves when cinderbak writes its marks later."""
+    path = pathlib.Path(stack.raw["log_dir"]) / "cinder-backup.log"
+    found: dict[str, float] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        match = FINISHED.match(line)
+        if match:
+            when = datetime.datetime.strptime(
+                match.group(1), "%Y-%m-%d %H:%M:%S.%f"
+            ).replace(tzinfo=datetime.UTC)
+            found[match.group(2)] = when.timestamp()
+    return found
+
+
 def busy_share(
-    admin, volume_ids: set[str], since: datetime.datetime, wall: float
+    stack, admin, volume_ids: set[str], since: datetime.datetime, wall: float
 ) -> float:
     """Share of the wall time with some backup of these volumes creating:
-    the union of [created_at, updated_at] of the cycle's backups."""
+    the union of [created, finished] of the cycle's backups."""
+    finished = finish_times(stack)
     spans = []
     for backup in admin.block_storage.backups(details=True, all_projects=True):
         if backup.volume_id not in volume_ids:
             continue
         start = backup_reads.parse_time(backup.created_at)
-        end = backup_reads.parse_time(backup.updated_at)
+        end = finished.get(backup.id)
         if start is None or end is None or start < since:
             continue
-        spans.append((start.timestamp(), end.timestamp()))
+        spans.append((start.timestamp(), end))
     spans.sort()
     busy, cursor = 0.0, float("-inf")
     for start, end in spans:
@@ -187,7 +208,7 @@ def cycles(stack, args, workdir: pathlib.Path) -> None:
             wall = time.monotonic() - started
             cinder, keystone = logs.counts()
             done = sum(o.status == "ok" for o in outcomes)
-            share = busy_share(admin, ids, since, wall)
+            share = busy_share(stack, admin, ids, since, wall)
             busy = share * wall
             print(
                 f"{cycle:5d}  {done:7d}  {cinder:6d}  {keystone:8d}  "

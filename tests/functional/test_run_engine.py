@@ -52,6 +52,28 @@ def _ours(admin, volume_id: str, deployment: str):
     ]
 
 
+def _start_run_once(
+    cinderbak: Cinderbak, output: int = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """``cinderbak run-once`` in the background (to be killed, or to have
+    the API fail under it); JSON rows on ``output``."""
+    return subprocess.Popen(
+        [
+            str(CINDERBAK),
+            "--config-file",
+            str(cinderbak.path),
+            "run-once",
+            "--no-audit",
+            "-f",
+            "json",
+        ],
+        env=cinderbak.env,
+        stdout=output,
+        stderr=output,
+        text=True,
+    )
+
+
 def _backup_service_pgid(stack) -> int:
     return int(
         pathlib.Path(stack.raw["pid_files"]["cinder-backup"]).read_text()
@@ -241,18 +263,7 @@ def test_recovery_settles_a_backup_deleted_behind_our_back_at_once(
     pgid = _backup_service_pgid(stack)
     os.killpg(pgid, signal.SIGSTOP)
     try:
-        process = subprocess.Popen(
-            [
-                str(CINDERBAK),
-                "--config-file",
-                str(cinderbak.path),
-                "run-once",
-                "--no-audit",
-            ],
-            env=cinderbak.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        process = _start_run_once(cinderbak)
         journal = _journal(cinderbak)
 
         def acting():
@@ -306,21 +317,7 @@ def test_an_api_away_for_90_seconds_mid_run_is_waited_out(
     volumes = [
         make_volume(alice, metadata={tenant.POLICY: name}) for _ in range(3)
     ]
-    process = subprocess.Popen(
-        [
-            str(CINDERBAK),
-            "--config-file",
-            str(cinderbak.path),
-            "run-once",
-            "--no-audit",
-            "-f",
-            "json",
-        ],
-        env=cinderbak.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _start_run_once(cinderbak, output=subprocess.PIPE)
 
     def all_requested():
         posts = [e for e in proxy.log if e[:2] == ("POST", "/v3/backups")]
@@ -412,18 +409,7 @@ def test_run_once_killed_at_a_step_is_settled_by_the_next_run_once(
     name = f"kill{uuid.uuid4().hex[:6]}"
     cinderbak = cinderbak_config(_policy(name, transfer_mode=mode))
     volume = make_volume(alice, metadata={tenant.POLICY: name})
-    process = subprocess.Popen(
-        [
-            str(CINDERBAK),
-            "--config-file",
-            str(cinderbak.path),
-            "run-once",
-            "--no-audit",
-        ],
-        env=cinderbak.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = _start_run_once(cinderbak)
     journal = _journal(cinderbak)
 
     def step_with_id():
