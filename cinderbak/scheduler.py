@@ -834,17 +834,36 @@ class Daemon:
         try:
             new = self._load_policies()
         except (ValueError, cfg.Error) as exc:
-            # PolicyConfigError is a ValueError naming section and option.
-            LOG.error(
-                "reload rejected, the %d policies in force are kept: %s",
-                len(self.parts.policies),
-                exc,
-            )
+            # ConfigProblems lists every problem of the pass start-up
+            # runs; PolicyConfigError is a ValueError naming one.
+            for problem in getattr(exc, "problems", None) or (exc,):
+                LOG.error(
+                    "reload rejected, the %d policies in force are kept: %s",
+                    len(self.parts.policies),
+                    problem,
+                )
             self._notify(
                 systemd.READY,
                 status=f"reload rejected: {exc}",
             )
             return False
+        # Imported here: this method is the only part of the module that
+        # the configuration check touches.
+        from cinderbak import config_check
+
+        options = getattr(new, "options", None)
+        if options is not None:
+            # Only policies are re-read into the running daemon; every
+            # other option was read once at start-up.
+            restart = config_check.changed_options(
+                config_check.option_values(self.conf), options
+            )
+            if restart:
+                LOG.warning(
+                    "reload: %s changed in the file; not applied, they "
+                    "take effect at the next restart",
+                    ", ".join(restart),
+                )
         changes = plan_changes(self.parts.policies, new)
         for name in changes.removed:
             for job_id in (

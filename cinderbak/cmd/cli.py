@@ -8,7 +8,7 @@ from cliff.app import App
 from cliff.commandmanager import CommandManager
 from oslo_config import cfg
 
-from cinderbak import logs, opts, service
+from cinderbak import config_check, logs, opts, service
 from cinderbak.version import version_string
 
 
@@ -61,8 +61,18 @@ class CinderbakApp(App):
         logs.setup(self.conf)
 
     def parts(self) -> service.Parts:
-        """Connect on first use, so `--help` needs no cloud."""
+        """Connect on first use, so `--help` needs no cloud.
+
+        The configuration goes through the daemon's own check first; its
+        problems are printed one per line and the command exits 2.
+        """
         if self._parts is None:
+            problems = config_check.validate(self.conf, reach=True)
+            if problems:
+                for problem in problems:
+                    self.stderr.write(f"cinderbak: {problem}\n")
+                self.stderr.flush()
+                raise SystemExit(2)
             self._parts = service.build(self.conf)
         return self._parts
 
