@@ -158,14 +158,17 @@ def audit(cloud: Cloud, policies: Mapping[str, Policy]) -> list[Problem]:
     """Page through all volumes; return opt-ins that no policy can serve.
 
     Volumes of a known policy with bad metadata are reported by their
-    policy's own run, so only the rest are returned here.
+    policy's own run, so only the rest are returned here. Cinder's filter
+    matches the exact value, so a value with surrounding whitespace
+    (``"daily "``) or a key spelled another way (``CinderBak:policy``)
+    reaches no policy's run: the audit reports those too.
     """
     volumes = (
         volume
         for volume in cloud.service.block_storage.volumes(
             details=True, all_projects=True, limit=PAGE_SIZE
         )
-        if any(key.startswith(tenant.PREFIX) for key in volume.metadata or {})
+        if tenant.mentions_us(volume.metadata or {})
         and not is_scratch(volume, cloud.service.current_project_id)
     )
     return [

@@ -165,12 +165,14 @@ def check_cloud(conf: cfg.ConfigOpts) -> list[Problem]:
                     "valid name, password, domain and project",
                 )
             ]
-        if isinstance(
-            cause,
-            ks_exceptions.ConnectFailure
-            | ks_exceptions.ConnectTimeout
-            | ks_exceptions.DiscoveryFailure,
-        ) or isinstance(exc, sdk_exceptions.HttpException):
+        unreachable = (
+            ks_exceptions.ConnectFailure,
+            ks_exceptions.DiscoveryFailure,
+            sdk_exceptions.HttpException,
+            ConnectionError,
+            TimeoutError,
+        )
+        if any(isinstance(e, unreachable) for e in _chain(exc)):
             return [
                 Problem(
                     *where,
@@ -187,11 +189,19 @@ def check_cloud(conf: cfg.ConfigOpts) -> list[Problem]:
     return []
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, outermost first."""
+    found = [exc]
+    while len(found) < 20:
+        nxt = found[-1].__cause__ or found[-1].__context__
+        if nxt is None:
+            break
+        found.append(nxt)
+    return found
+
+
 def _root(exc: BaseException) -> BaseException:
-    seen = exc
-    while seen.__cause__ is not None or seen.__context__ is not None:
-        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
-    return seen
+    return _chain(exc)[-1]
 
 
 def _known_clouds() -> str:
