@@ -17,6 +17,7 @@ import datetime
 from collections.abc import Callable, Sequence
 
 from cinderbak import tenant
+from cinderbak.escape import escape
 
 # Statuses a volume being restored into ends in when the restore failed.
 VOLUME_FAILURES = frozenset({"error", "error_restoring"})
@@ -43,7 +44,9 @@ class VolumeFacts:
 
     def label(self) -> str:
         """'volume ID (name) in project P', as every message says it."""
-        named = f" ({self.name})" if self.name else ""
+        # The name is the tenant's: escaped, it cannot rewrite the
+        # operator's terminal in the confirmation it is shown in.
+        named = f" ({escape(self.name)})" if self.name else ""
         return f"volume {self.id}{named} in project {self.project_id}"
 
 
@@ -167,7 +170,7 @@ def _disagreements(where: str, members: Sequence[GroupMember]) -> list[str]:
     for what, value_of, why in checks:
         if len({value_of(m) for m in members}) > 1:
             said = ", ".join(
-                f"{m.label()} says {value_of(m) or '(nothing)'}"
+                f"{m.label()} says {escape(value_of(m) or '(nothing)')}"
                 for m in members
             )
             reasons.append(

@@ -9,10 +9,10 @@ import time
 from collections.abc import Iterator
 
 import openstack.connection
-from cliff.lister import Lister
 from openstack import exceptions as sdk_exceptions
 
 from cinderbak import restore, tenant
+from cinderbak.cmd.base import EscapedLister
 from cinderbak.discovery import PAGE_SIZE
 from cinderbak.workflow import resource_name
 
@@ -70,7 +70,7 @@ class _Progress:
         )
 
 
-class Restore(Lister):
+class Restore(EscapedLister):
     """Restore a backup, to a new volume (default) or over an existing one.
 
     The new volume is created in the backup's project. Over an existing

@@ -10,10 +10,10 @@ import datetime
 import os
 
 import sqlalchemy as sa
-from cliff.lister import Lister
 from oslo_config import cfg
 
 from cinderbak import expiry, journal, policy, scheduler, verify
+from cinderbak.cmd.base import EscapedLister
 from cinderbak.journal import Journal, RunRecord, StepRecord
 
 POLICY_COLUMNS = (
@@ -74,7 +74,7 @@ def configured_policies(app) -> dict[str, policy.Policy]:
         return {}
 
 
-class _JournalLister(Lister):
+class _JournalLister(EscapedLister):
     """A lister over the journal; no rows when it does not exist yet."""
 
     def column_names(self, parsed_args) -> tuple[str, ...]:
