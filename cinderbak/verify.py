@@ -28,7 +28,12 @@ from cinderbak.backups import parse_time
 from cinderbak.discovery import SCRATCH_PREFIX, is_scratch
 from cinderbak.journal import states, steps
 from cinderbak.policy import Policy
-from cinderbak.verification import Candidate, SourceChecksum, Verdict
+from cinderbak.verification import (
+    Candidate,
+    LastVerified,
+    SourceChecksum,
+    Verdict,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -143,6 +148,7 @@ class Verifier:
         """One pass: the policy's sample of backups, least recently
         verified first."""
         by_id = {b.id: b for b in self.our_backups(policy.name)}
+        last = self._last_verifications(policy.name, by_id)
         candidates = [
             Candidate(
                 backup_id=b.id,
@@ -150,9 +156,7 @@ class Verifier:
                 created_at=parse_time(b.created_at)
                 or datetime.datetime.min.replace(tzinfo=datetime.UTC),
                 status=b.status,
-                last_verified=verification.parse_verified(
-                    (b.metadata or {}).get(tenant.VERIFIED)
-                ),
+                last_verified=last[b.id],
             )
             for b in by_id.values()
         ]
@@ -177,6 +181,39 @@ class Verifier:
                 )
             )
         return rows
+
+    def _last_verifications(
+        self, policy_name: str, by_id: dict[str, Any]
+    ) -> dict[str, LastVerified | None]:
+        """When each backup was last verified: the journal's runs first,
+        the tenant-editable marks only when the journal has none."""
+        run_policy = RUN_PREFIX + policy_name
+        runs = self.journal.last_final_runs(run_policy, by_id)
+        recorded = {
+            backup_id: LastVerified(
+                (run.summary or {}).get("result") or str(run.state),
+                run.finished_at,
+            )
+            for backup_id, run in runs.items()
+            if run.finished_at is not None
+        }
+        knows = bool(recorded) or self.journal.has_runs(run_policy)
+        if not knows and by_id:
+            LOG.info(
+                "policy %s: the journal holds no verification; choosing "
+                "by the backups' %s marks",
+                policy_name,
+                tenant.VERIFIED,
+            )
+        return verification.last_verifications(
+            by_id,
+            recorded,
+            {
+                b: (v.metadata or {}).get(tenant.VERIFIED)
+                for b, v in by_id.items()
+            },
+            journal_knows_policy=knows,
+        )
 
     # -- one backup --------------------------------------------------
 
@@ -210,7 +247,7 @@ class Verifier:
             row.problems.append(f"verification already {run.state}")
             return row
         self.journal.start_run(run.id)
-        expected, problem = self._expected(backup.id, metadata)
+        expected, problem, trusted = self._expected(backup.id, metadata)
         if problem:
             row.problems.append(problem)
         digest = None
@@ -236,15 +273,17 @@ class Verifier:
             filesystem_summary=fs.summary,
             consistency=row.consistency,
             at=datetime.datetime.now(datetime.UTC),
+            trusted=trusted,
         )
         self._conclude(run.id, backup, row, verdict, fs)
         return row
 
     def _expected(
         self, backup_id: str, metadata: dict[str, str]
-    ) -> tuple[SourceChecksum | None, str | None]:
-        """The source checksum taken at backup time: the journal's record
-        first (tenants can edit a backup's metadata), else the mark."""
+    ) -> tuple[SourceChecksum | None, str | None, bool]:
+        """The source checksum taken at backup time, a problem reading it,
+        and whether it is trusted: the journal's record first (tenants
+        can edit a backup's metadata), else the mark, untrusted."""
         for step in reversed(
             self.journal.steps_of_resource(steps.CHECKSUM, backup_id)
         ):
@@ -253,13 +292,16 @@ class Verifier:
                 return (
                     SourceChecksum(d["algorithm"], d["size"], d["hexdigest"]),
                     None,
+                    True,
                 )
         try:
-            return verification.parse_checksum(
-                metadata.get(tenant.CHECKSUM)
-            ), None
+            return (
+                verification.parse_checksum(metadata.get(tenant.CHECKSUM)),
+                None,
+                False,
+            )
         except ValueError as exc:
-            return None, f"backup {backup_id}: {exc}"
+            return None, f"backup {backup_id}: {exc}", False
 
     def _scratch_volume(self, run_id: str, backup) -> str:
         """Create the scratch volume in our own project; journal first."""

@@ -16,7 +16,15 @@ from cinderbak.cmd.base import EscapedLister
 from cinderbak.discovery import PAGE_SIZE
 from cinderbak.workflow import resource_name
 
-COLUMNS = ("backup", "volume_id", "volume_name", "project", "size", "seconds")
+COLUMNS = (
+    "backup",
+    "volume_id",
+    "volume_name",
+    "project",
+    "size",
+    "seconds",
+    "opt_in",
+)
 GROUP_COLUMNS = (
     "group",
     "backup",
@@ -28,12 +36,24 @@ GROUP_COLUMNS = (
     "seconds",
     "status",
     "error",
+    "opt_in",
 )
 # Backup metadata is listed from this microversion on; ``name~`` from 3.34.
 LIST_MICROVERSION = "3.43"
 PROJECT_ATTR = "os-backup-project-attr:project_id"
 # Restores run long: a 1 TiB volume can take hours.
 DEFAULT_TIMEOUT = 6 * 3600
+
+
+def _parse_time(text: str | None) -> datetime.datetime | None:
+    """Cinder's created_at ('2026-11-24T03:00:01.000000', UTC)."""
+    if not text:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
 
 
 class Refused(Exception):
@@ -53,6 +73,7 @@ class _Progress:
     status: str = "restoring"  # then ok, error or timeout
     error: str = ""
     seen: str = "not looked at yet"  # what the last poll found
+    opt_in: str = ""  # what was done with the copied opt-in
 
     def row(self, group_id: str) -> tuple[object, ...]:
         backup = self.member.backup
@@ -67,6 +88,7 @@ class _Progress:
             self.seconds,
             self.status,
             self.error,
+            self.opt_in,
         )
 
 
@@ -81,9 +103,14 @@ class Restore(EscapedLister):
     started together; an incomplete or inconsistent restore point is
     refused. Exits non-zero, changing nothing, when refused, and
     non-zero when any restore of a group failed.
+
+    Cinder copies the source volume's metadata onto a new volume, our
+    opt-in among it; it is removed from every new volume (column
+    ``opt_in`` says what), unless --keep-opt-in.
     """
 
     exit_code = 0
+    _keep_opt_in = False
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
@@ -113,6 +140,13 @@ class Restore(EscapedLister):
             "--yes",
             action="store_true",
             help="confirm overwriting the --to-volume volume",
+        )
+        parser.add_argument(
+            "--keep-opt-in",
+            action="store_true",
+            help="keep the cinderbak:policy (and status) keys Cinder "
+            "copies from the source onto a new volume: the restored "
+            "volume is then backed up by that policy too",
         )
         parser.add_argument(
             "--timeout",
@@ -209,6 +243,11 @@ class Restore(EscapedLister):
             deadline,
         )
         seconds = round(time.monotonic() - started, 1)
+        opt_in = ""
+        if target is None:
+            opt_in = self._strip_opt_in(
+                conn, volume.id, keep=parsed_args.keep_opt_in
+            )
         row = (
             backup.id,
             volume.id,
@@ -216,8 +255,21 @@ class Restore(EscapedLister):
             backup.project_id,
             volume.size,
             seconds,
+            opt_in,
         )
         return COLUMNS, [row]
+
+    def _strip_opt_in(
+        self, conn: openstack.connection.Connection, volume_id: str, *, keep
+    ) -> str:
+        """Remove our keys Cinder copied onto a new volume; say what."""
+        cloud = self.app.parts().cloud
+        storage = conn.block_storage
+        metadata = cloud.call(storage.get_volume_metadata, volume_id).metadata
+        keys = restore.opt_in_keys(metadata or {})
+        if keys and not keep:
+            cloud.call(storage.delete_volume_metadata, volume_id, keys=keys)
+        return restore.opt_in_note(keys, kept=keep)
 
     @staticmethod
     def _find(lookup, what: str):
@@ -263,16 +315,25 @@ class Restore(EscapedLister):
                     "a restore point is restored to a new volume named "
                     "after its source volume"
                 )
+        # What only we wrote decides membership and size; the marks on
+        # the backups (tenant-editable) only when the journal lost it.
+        recorded = self.app.parts().journal.restore_point(group_id)
         members = self._group_members(group_id, narrowed=True)
-        reasons = restore.group_refusals(group_id, members)
+        reasons = restore.group_refusals(group_id, members, recorded)
         if reasons:
             # The narrowed list misses a backup a tenant renamed, and a
             # cloud whose filters leave out name~ answers it with nothing:
             # look at every backup before refusing.
             members = self._group_members(group_id, narrowed=False)
-            reasons = restore.group_refusals(group_id, members)
+            reasons = restore.group_refusals(group_id, members, recorded)
         if reasons:
             raise Refused("\n  ".join(reasons))
+        if recorded is None:
+            self.app.stderr.write(
+                f"group {group_id}: the journal has no record of this "
+                "restore point; its members were taken from the backups' "
+                "marks, which agree on size, run and creation time\n"
+            )
 
         sources = {
             m.volume_id: self._volume_name(m.volume_id) for m in members
@@ -283,6 +344,7 @@ class Restore(EscapedLister):
             self._start(member, sources[member.volume_id], now)
             for member in members
         ]
+        self._keep_opt_in = parsed_args.keep_opt_in
         self._wait_all(progress, started, started + parsed_args.timeout)
         failed = [p for p in progress if p.status != "ok"]
         if failed:
@@ -311,6 +373,7 @@ class Restore(EscapedLister):
                 volume_id=item.get("volume_id") or "",
                 group_size=metadata.get(tenant.GROUP_SIZE, ""),
                 run=metadata.get(tenant.RUN, ""),
+                created_at=_parse_time(item.get("created_at")),
             )
             for item in self._all_backups(narrowed)
             if (metadata := item.get("metadata") or {}).get(tenant.GROUP)
@@ -446,3 +509,13 @@ class Restore(EscapedLister):
         elif restore.restore_finished(volume.status, backup.status):
             item.status = "ok"
             item.seconds = round(time.monotonic() - started, 1)
+            try:
+                item.opt_in = self._strip_opt_in(
+                    item.conn, item.volume_id, keep=self._keep_opt_in
+                )
+            except Exception as exc:  # restored all the same: say so
+                item.status = "error"
+                item.error = (
+                    f"volume {item.volume_id} restored, but its copied "
+                    f"opt-in could not be removed: {exc}"
+                )

@@ -97,6 +97,10 @@ def test_restore_point_restored_whole_and_refused_when_incomplete(
         assert row["volume_name"].startswith(f"{names[source]}-restored-")
         restored = alice.block_storage.get_volume(row["volume_id"])
         assert restored.status == "available"
+        # Cinder copied the source's opt-in; the restore removed it.
+        assert row["opt_in"].startswith("removed cinderbak:"), row
+        assert "cinderbak:policy" in row["opt_in"]
+        assert not [k for k in restored.metadata if k.startswith("cinderbak")]
         assert (
             localstack.read_volume_md5(stack, restored.id)
             == (expected[source])
@@ -116,9 +120,11 @@ def test_restore_point_restored_whole_and_refused_when_incomplete(
     assert cinderbak.last_returncode != 0, rows
     assert rows == []
     kept_backup = backups[kept.id].id
+    # Its size and members come from the journal, not the marks.
     assert (
-        f"refused: group {group} is incomplete: found 1 of 2 backups "
-        f"(backup {kept_backup} of volume {kept.id})"
+        f"refused: group {group} is incomplete: the journal records 2 "
+        f"volumes in its freeze, missing volume {gone.id} (backup "
+        f"{backups[gone.id].id})"
     ) in cinderbak.last_stderr
     assert _restored_volumes(alice, sources) == before
     assert alice.block_storage.get_backup(kept_backup).status == "available"
