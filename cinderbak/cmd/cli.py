@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+from typing import Any
 
 from cliff.app import App
+from cliff.command import Command
 from cliff.commandmanager import CommandManager
 from oslo_config import cfg
 
@@ -25,7 +28,12 @@ class CinderbakApp(App):
         self.conf = conf or cfg.CONF
         self._parts: service.Parts | None = None
 
-    def build_option_parser(self, description, version, argparse_kwargs=None):
+    def build_option_parser(
+        self,
+        description: str | None,
+        version: str | None,
+        argparse_kwargs: dict[str, Any] | None = None,
+    ) -> argparse.ArgumentParser:
         parser = super().build_option_parser(
             description, version, argparse_kwargs
         )
@@ -49,7 +57,7 @@ class CinderbakApp(App):
     def configure_logging(self) -> None:
         """Logging belongs to oslo.log, set up in initialize_app."""
 
-    def initialize_app(self, argv) -> None:
+    def initialize_app(self, argv: list[str]) -> None:
         opts.register_opts(self.conf)
         # Logs go to stderr so that `-f json` output can be piped.
         self.conf.set_default("use_stderr", True)
@@ -76,7 +84,9 @@ class CinderbakApp(App):
             self._parts = service.build(self.conf)
         return self._parts
 
-    def clean_up(self, cmd, result, err) -> None:
+    def clean_up(
+        self, cmd: Command, result: int, err: BaseException | None
+    ) -> None:
         if self._parts is not None:
             self._parts.close()
 

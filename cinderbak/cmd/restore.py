@@ -3,16 +3,18 @@ or a server's restore point (a ``cinderbak:group``) to new volumes."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import openstack.connection
 from openstack import exceptions as sdk_exceptions
 
 from cinderbak import restore, tenant
-from cinderbak.cmd.base import EscapedLister
+from cinderbak.cmd.base import EscapedLister, Table
 from cinderbak.discovery import PAGE_SIZE
 from cinderbak.workflow import resource_name
 
@@ -40,6 +42,7 @@ GROUP_COLUMNS = (
 )
 # Backup metadata is listed from this microversion on; ``name~`` from 3.34.
 LIST_MICROVERSION = "3.43"
+T = TypeVar("T")
 PROJECT_ATTR = "os-backup-project-attr:project_id"
 # Restores run long: a 1 TiB volume can take hours.
 DEFAULT_TIMEOUT = 6 * 3600
@@ -112,7 +115,7 @@ class Restore(EscapedLister):
     exit_code = 0
     _keep_opt_in = False
 
-    def get_parser(self, prog_name):
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         source = parser.add_mutually_exclusive_group(required=True)
         source.add_argument(
@@ -158,17 +161,17 @@ class Restore(EscapedLister):
         )
         return parser
 
-    def run(self, parsed_args) -> int:
+    def run(self, parsed_args: argparse.Namespace) -> int:
         try:
             return super().run(parsed_args) or self.exit_code
         except Refused as exc:
             self.app.stderr.write(f"refused: {exc}\n")
             return 1
 
-    def take_action(self, parsed_args):
+    def take_action(self, parsed_args: argparse.Namespace) -> Table:
         if parsed_args.group:
             return self._restore_group(parsed_args)
-        parts = self.app.parts()
+        parts = self.parts()
         cloud = parts.cloud
         storage = cloud.service.block_storage
         found = self._find(
@@ -260,10 +263,14 @@ class Restore(EscapedLister):
         return COLUMNS, [row]
 
     def _strip_opt_in(
-        self, conn: openstack.connection.Connection, volume_id: str, *, keep
+        self,
+        conn: openstack.connection.Connection,
+        volume_id: str,
+        *,
+        keep: bool,
     ) -> str:
         """Remove our keys Cinder copied onto a new volume; say what."""
-        cloud = self.app.parts().cloud
+        cloud = self.parts().cloud
         storage = conn.block_storage
         metadata = cloud.call(storage.get_volume_metadata, volume_id).metadata
         keys = restore.opt_in_keys(metadata or {})
@@ -272,7 +279,7 @@ class Restore(EscapedLister):
         return restore.opt_in_note(keys, kept=keep)
 
     @staticmethod
-    def _find(lookup, what: str):
+    def _find(lookup: Callable[[], T], what: str) -> T:
         try:
             return lookup()
         except sdk_exceptions.NotFoundException:
@@ -280,30 +287,37 @@ class Restore(EscapedLister):
         except sdk_exceptions.DuplicateResource:
             raise Refused(f"{what} is ambiguous: give its id") from None
 
-    def _wait(self, get, resource_id, status, failures, deadline):
+    def _wait(
+        self,
+        get: Callable[[str], T],
+        resource_id: str,
+        status: str,
+        failures: tuple[str, ...],
+        deadline: float,
+    ) -> T:
         """Poll until ``status``; raise on a failure status or timeout."""
-        cloud = self.app.parts().cloud
-        interval = self.app.parts().conf.poll_interval
+        cloud = self.parts().cloud
+        interval = self.parts().conf.poll_interval
         while True:
             current = cloud.call(get, resource_id)
-            if current.status == status:
+            now = getattr(current, "status", None)
+            if now == status:
                 return current
             kind = type(current).__name__.lower()
-            if current.status in failures:
+            if now in failures:
                 raise RuntimeError(
-                    f"{kind} {resource_id} went to {current.status} "
-                    "during the restore"
+                    f"{kind} {resource_id} went to {now} during the restore"
                 )
             if time.monotonic() >= deadline:
                 raise TimeoutError(
-                    f"{kind} {resource_id} still {current.status}; "
+                    f"{kind} {resource_id} still {now}; "
                     "gave up waiting (see --timeout)"
                 )
             time.sleep(interval)
 
     # -- a restore point -------------------------------------------------
 
-    def _restore_group(self, parsed_args):
+    def _restore_group(self, parsed_args: argparse.Namespace) -> Table:
         group_id = parsed_args.group
         for option, given in (
             ("--to-volume", parsed_args.to_volume),
@@ -317,7 +331,7 @@ class Restore(EscapedLister):
                 )
         # What only we wrote decides membership and size; the marks on
         # the backups (tenant-editable) only when the journal lost it.
-        recorded = self.app.parts().journal.restore_point(group_id)
+        recorded = self.parts().journal.restore_point(group_id)
         members = self._group_members(group_id, narrowed=True)
         reasons = restore.group_refusals(group_id, members, recorded)
         if reasons:
@@ -360,7 +374,7 @@ class Restore(EscapedLister):
         self, group_id: str, *, narrowed: bool
     ) -> list[restore.GroupMember]:
         """Every backup of ours, in any project, that carries the group."""
-        deployment = self.app.parts().conf.deployment_id
+        deployment = self.parts().conf.deployment_id
         return [
             restore.GroupMember(
                 backup=restore.BackupFacts(
@@ -381,20 +395,20 @@ class Restore(EscapedLister):
             and tenant.is_ours(metadata, deployment)
         ]
 
-    def _all_backups(self, narrowed: bool) -> Iterator[dict]:
+    def _all_backups(self, narrowed: bool) -> Iterator[dict[str, Any]]:
         """Page through all projects' backups, as the API returns them.
 
         Metadata cannot be filtered server-side, so it is matched here;
         ``narrowed`` asks Cinder for names like ours only, which every
         backup a run creates has.
         """
-        cloud = self.app.parts().cloud
+        cloud = self.parts().cloud
         storage = cloud.service.block_storage
         query: dict[str, object] = {"all_tenants": 1, "limit": PAGE_SIZE}
         if narrowed:
             query["name~"] = resource_name("")
 
-        def page(marker: str | None) -> dict:
+        def page(marker: str | None) -> dict[str, Any]:
             params = query | ({"marker": marker} if marker else {})
             response = storage.get(
                 "/backups/detail",
@@ -402,7 +416,8 @@ class Restore(EscapedLister):
                 microversion=LIST_MICROVERSION,
             )
             response.raise_for_status()
-            return response.json()
+            answer: dict[str, Any] = response.json()
+            return answer
 
         marker = None
         while True:
@@ -420,7 +435,7 @@ class Restore(EscapedLister):
         now: datetime.datetime,
     ) -> _Progress:
         """Ask Cinder to restore one member to a new volume, once."""
-        cloud = self.app.parts().cloud
+        cloud = self.parts().cloud
         backup = member.backup
         progress = _Progress(
             member,
@@ -450,7 +465,7 @@ class Restore(EscapedLister):
 
     def _volume_name(self, volume_id: str) -> str:
         """The source volume's name; empty if it is gone or unnamed."""
-        cloud = self.app.parts().cloud
+        cloud = self.parts().cloud
         try:
             volume = cloud.call(
                 cloud.service.block_storage.get_volume, volume_id
@@ -463,7 +478,7 @@ class Restore(EscapedLister):
         self, progress: list[_Progress], started: float, deadline: float
     ) -> None:
         """Poll every restore under way until each is over or time is up."""
-        interval = self.app.parts().conf.poll_interval
+        interval = self.parts().conf.poll_interval
         while True:
             pending = [p for p in progress if p.status == "restoring"]
             for item in pending:
@@ -481,7 +496,7 @@ class Restore(EscapedLister):
             time.sleep(interval)
 
     def _poll(self, item: _Progress, started: float) -> None:
-        cloud = self.app.parts().cloud
+        cloud = self.parts().cloud
         storage = item.conn.block_storage
         backup_id = item.member.backup.id
         # A failure to look is this member's failure, not everyone's.

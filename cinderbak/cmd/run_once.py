@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+
 from cinderbak import service
-from cinderbak.cmd.base import PolicyLister
+from cinderbak.cmd.base import PolicyLister, Table
 from cinderbak.summary import COLUMNS
 
 
@@ -15,7 +17,7 @@ class RunOnce(PolicyLister):
 
     verb = "run"
 
-    def get_parser(self, prog_name):
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument(
             "--no-audit",
@@ -25,9 +27,9 @@ class RunOnce(PolicyLister):
         )
         return parser
 
-    def take_action(self, parsed_args):
+    def take_action(self, parsed_args: argparse.Namespace) -> Table:
         outcomes = service.run_once(
-            self.app.parts(),
+            self.parts(),
             parsed_args.policy or None,
             audit=not parsed_args.no_audit,
         )
