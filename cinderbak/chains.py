@@ -32,7 +32,7 @@ import dataclasses
 import datetime
 import re
 from collections.abc import Iterable, Sequence
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from cinderbak import durations
 
@@ -175,10 +175,10 @@ class Chains:
         self.index: dict[str, int] = {r[2]: i for i, r in enumerate(rows)}
         # "Newest" is by data_timestamp (the point in time a restore gives
         # back), then created_at and id so that the order is total.
-        data = self.data
+        data_at = self.data
         self.newest_first: list[int] = sorted(
             range(n),
-            key=lambda i: (data[i], rows[i][0], rows[i][2]),
+            key=lambda i: (data_at[i], rows[i][0], rows[i][2]),
             reverse=True,
         )
         self.parent: list[int] = [-1] * n
@@ -291,7 +291,7 @@ def expected_parent(
     when backing up from a snapshot (only older data qualifies).
     """
     bound = _as_utc(before)[0] if before is not None else None
-    best: tuple | None = None
+    best: tuple[Any, ...] | None = None
     for b in history:
         if b.status != AVAILABLE:
             continue
@@ -477,7 +477,7 @@ def next_backup_kind(
     )
 
 
-def _key(chains: Chains, i: int) -> tuple:
+def _key(chains: Chains, i: int) -> tuple[Any, ...]:
     return chains.data[i], chains.created[i], chains.backups[i].id
 
 

@@ -174,7 +174,7 @@ def load_schema(raw: Sequence[Section] = ()) -> Schema:
     from cinderbak.quiesce.base import NAMESPACE
 
     groups: dict[str, dict[str, cfg.Opt]] = {DEFAULT: {}}
-    manager = named.NamedExtensionManager(
+    manager: named.NamedExtensionManager[Any] = named.NamedExtensionManager(
         "oslo.config.opts", names=list(NAMESPACES), invoke_on_load=False
     )
     for ext in manager:

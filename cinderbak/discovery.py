@@ -134,11 +134,12 @@ def volumes_of_policy(cloud: Cloud, policy: Policy) -> Iterator[Volume]:
     # The SDK sends ``properties`` as Cinder's ``metadata`` filter; Cinder
     # parses it as a literal, so it must be a JSON string, not a dict.
     query = json.dumps({tenant.POLICY: policy.name})
-    ours = cloud.service.current_project_id
+    ours = cloud.service.current_project_id or ""
     for volume in cloud.service.block_storage.volumes(
         details=True, all_projects=True, properties=query, limit=PAGE_SIZE
     ):
-        if not is_scratch(volume, ours):
+        # Always v3 (block_storage_api_version); said for the type checker.
+        if isinstance(volume, Volume) and not is_scratch(volume, ours):
             yield volume
 
 
@@ -163,13 +164,15 @@ def audit(cloud: Cloud, policies: Mapping[str, Policy]) -> list[Problem]:
     (``"daily "``) or a key spelled another way (``CinderBak:policy``)
     reaches no policy's run: the audit reports those too.
     """
+    ours = cloud.service.current_project_id or ""
     volumes = (
         volume
         for volume in cloud.service.block_storage.volumes(
             details=True, all_projects=True, limit=PAGE_SIZE
         )
-        if tenant.mentions_us(volume.metadata or {})
-        and not is_scratch(volume, cloud.service.current_project_id)
+        if isinstance(volume, Volume)  # always v3, as volumes_of_policy
+        and tenant.mentions_us(volume.metadata or {})
+        and not is_scratch(volume, ours)
     )
     return [
         item

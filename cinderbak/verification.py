@@ -200,7 +200,7 @@ def choose(candidates: Iterable[Candidate], sample: Sample) -> list[Candidate]:
     """
     eligible = [c for c in candidates if c.status == "available"]
 
-    def order(c: Candidate) -> tuple:
+    def order(c: Candidate) -> tuple[object, ...]:
         if c.last_verified is None:
             return (0, c.created_at)
         return (1, c.last_verified.at, c.created_at)

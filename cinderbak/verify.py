@@ -19,8 +19,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from openstack.block_storage.v3.backup import Backup
+from openstack.block_storage.v3.volume import Volume
 from oslo_log import log as logging
 
 from cinderbak import fscheck, metrics, tenant, verification
@@ -34,6 +36,11 @@ from cinderbak.verification import (
     SourceChecksum,
     Verdict,
 )
+
+if TYPE_CHECKING:
+    from cinderbak.checksums import Checksummed, SourceChecksummer
+    from cinderbak.cloud import Cloud
+    from cinderbak.service import Parts
 
 LOG = logging.getLogger(__name__)
 
@@ -82,7 +89,7 @@ class VerifyRow:
         "problems",
     )
 
-    def as_tuple(self) -> tuple:
+    def as_tuple(self) -> tuple[object, ...]:
         return tuple(
             "; ".join(self.problems) if c == "problems" else getattr(self, c)
             for c in self.COLUMNS
@@ -104,12 +111,13 @@ class Verifier:
 
     def __init__(
         self,
-        parts,
+        parts: Parts,
         *,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if parts.checksummer is None:
+        checksummer = parts.checksummer
+        if checksummer is None:
             raise VerifyError(
                 "verification reads restored images on the volume cluster: "
                 "configure [volume_cluster] conf (a read-only Ceph client)"
@@ -118,7 +126,7 @@ class Verifier:
         self.conf = parts.conf
         self.cloud = parts.cloud
         self.journal = parts.journal
-        self.checksummer = parts.checksummer
+        self.checksummer: SourceChecksummer = checksummer
         self.stop = stop or threading.Event()
         self.clock = clock
 
@@ -219,7 +227,7 @@ class Verifier:
 
     def verify_backup(
         self,
-        backup,
+        backup: Backup,
         policy_name: str,
         now: datetime.datetime,
         *,
@@ -303,7 +311,7 @@ class Verifier:
         except ValueError as exc:
             return None, f"backup {backup_id}: {exc}", False
 
-    def _scratch_volume(self, run_id: str, backup) -> str:
+    def _scratch_volume(self, run_id: str, backup: Backup) -> str:
         """Create the scratch volume in our own project; journal first."""
         storage = self.cloud.service.block_storage
         step = self.journal.begin_step(
@@ -329,7 +337,12 @@ class Verifier:
         return volume.id
 
     def _restore(
-        self, run_id: str, backup, scratch_id: str, row: VerifyRow, timeout
+        self,
+        run_id: str,
+        backup: Backup,
+        scratch_id: str,
+        row: VerifyRow,
+        timeout: float,
     ) -> None:
         storage = self.cloud.service.block_storage
         started = self.clock()
@@ -346,7 +359,12 @@ class Verifier:
         row.restore_seconds = round(seconds, 1)
         row.restore_mib_s = _rate((backup.size or 0) * GIB, seconds)
 
-    def _read_and_check(self, scratch_id: str, backup, expected):
+    def _read_and_check(
+        self,
+        scratch_id: str,
+        backup: Backup,
+        expected: SourceChecksum | None,
+    ) -> tuple[Checksummed, fscheck.FsCheck]:
         """Checksum the restored image, writing a sparse copy when there
         is room, and check the filesystem on the copy."""
         size = expected.size if expected else (backup.size or 0) * GIB
@@ -390,7 +408,12 @@ class Verifier:
         self.journal.complete_step(step)
 
     def _conclude(
-        self, run_id: str, backup, row: VerifyRow, verdict: Verdict, fs
+        self,
+        run_id: str,
+        backup: Backup,
+        row: VerifyRow,
+        verdict: Verdict,
+        fs: fscheck.FsCheck,
     ) -> None:
         row.result = str(verdict.result)
         row.content = str(verdict.content)
@@ -441,7 +464,11 @@ class Verifier:
         ).raise_for_status()
 
     def _wait(
-        self, get, resource_id: str, status: str, deadline: float
+        self,
+        get: Callable[[str], Any],
+        resource_id: str,
+        status: str,
+        deadline: float,
     ) -> Any:
         """Poll until ``status``; raise on an error status, or when the
         clock passes ``deadline``."""
@@ -468,7 +495,7 @@ _BUSY = frozenset({"creating", "restoring-backup", "downloading"})
 
 
 def delete_scratch(
-    cloud,
+    cloud: Cloud,
     scratch_id: str,
     *,
     timeout: float = 900,
@@ -490,7 +517,8 @@ def delete_scratch(
         )
         if volume is None:
             return
-        if not is_scratch(volume, cloud.service.current_project_id):
+        ours = cloud.service.current_project_id or ""
+        if not isinstance(volume, Volume) or not is_scratch(volume, ours):
             raise RuntimeError(
                 f"volume {scratch_id} is not a scratch volume of ours; "
                 "left alone"
@@ -505,7 +533,9 @@ def delete_scratch(
         stop.wait(interval)
 
 
-def verify_one(parts, backup_id: str, now: datetime.datetime) -> VerifyRow:
+def verify_one(
+    parts: Parts, backup_id: str, now: datetime.datetime
+) -> VerifyRow:
     """Verify one backup on demand (``cinderbak verify BACKUP``)."""
     verifier = Verifier(parts)
     storage = parts.cloud.service.block_storage
@@ -514,6 +544,8 @@ def verify_one(parts, backup_id: str, now: datetime.datetime) -> VerifyRow:
     policy_name = metadata.get(tenant.POLICY) or "-"
     policy = parts.policies.get(policy_name)
     timeout = policy.verify_timeout if policy else 6 * 3600
+    if not isinstance(backup, Backup):  # always, said for the checker
+        raise VerifyError(f"backup {backup_id}: not a backup")
     if backup.status != "available":
         raise VerifyError(
             f"backup {backup.id} in project {backup.project_id} is "
