@@ -831,12 +831,17 @@ class Daemon:
             systemd.RELOADING,
             f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
         )
+        rejected: Exception | None = None
         try:
             new = self._load_policies()
         except (ValueError, cfg.Error) as exc:
-            # ConfigProblems lists every problem of the pass start-up
-            # runs; PolicyConfigError is a ValueError naming one.
-            for problem in getattr(exc, "problems", None) or (exc,):
+            rejected = exc
+        if rejected is not None:
+            # Logged outside the except clause: oslo.log would append the
+            # whole exception to every line. ConfigProblems lists every
+            # problem of the pass start-up runs; PolicyConfigError is a
+            # ValueError naming one.
+            for problem in getattr(rejected, "problems", None) or (rejected,):
                 LOG.error(
                     "reload rejected, the %d policies in force are kept: %s",
                     len(self.parts.policies),
@@ -844,7 +849,7 @@ class Daemon:
                 )
             self._notify(
                 systemd.READY,
-                status=f"reload rejected: {exc}",
+                status=f"reload rejected: {rejected}",
             )
             return False
         # Imported here: this method is the only part of the module that

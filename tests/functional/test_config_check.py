@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
 import pytest
+
+from tests.functional.test_daemon import Daemon, wait_until
 
 POLICY = "[policy:daily]\nschedule = 0 3 * * *\n"
 
@@ -178,3 +181,102 @@ def test_a_start_up_problem_is_one_line_not_a_traceback(
     assert lines[0].startswith("cannot start: " + expected), lines
     assert "hunter2" not in result.stderr
     assert "not-the-password" not in result.stderr
+
+
+def test_the_cli_runs_the_same_check_before_connecting(
+    cinderbak_config, tmp_path
+):
+    config = cinderbak_config(
+        POLICY + "retension = 3\n[metrics]\nport = 99999\n"
+    )
+    rows = config.run("run-once", "--no-audit")
+    assert rows == []
+    assert config.last_returncode == 2
+    lines = [
+        line
+        for line in config.last_stderr.splitlines()
+        if line.startswith("cinderbak: [")
+    ]
+    assert lines == [
+        "cinderbak: [metrics] port: '99999' is not valid (Should be less "
+        "than or equal to 65535); expected an integer from 0 to 65535",
+        "cinderbak: [policy:daily] retension: unknown option; did you mean "
+        "'retention'?",
+    ]
+    assert "Traceback" not in config.last_stderr
+    assert not (tmp_path / "journal.sqlite").exists()
+
+
+def test_sighup_names_options_needing_a_restart_and_rejects_all_problems(
+    cinderbak_config, clouds_env, tmp_path
+):
+    config = cinderbak_config(POLICY.replace("0 3 * * *", "every 1h"))
+    original = config.path.read_text()
+    daemon = Daemon(config, tmp_path / "daemon.out", clouds_env)
+    try:
+        wait_until(
+            lambda: "1 policies" in daemon.output(),
+            60,
+            "the daemon to start",
+            daemon=daemon,
+        )
+        config.path.write_text(
+            original.replace("poll_interval = 1", "poll_interval = 3")
+            + "[daemon]\naudit_interval = 600\n"
+            + "[policy:weekly]\nschedule = 0 3 * * 0\n"
+        )
+        daemon.signal(signal.SIGHUP)
+        restart = wait_until(
+            lambda: [
+                line
+                for line in daemon.output().splitlines()
+                if "take effect at the next restart" in line
+            ],
+            30,
+            "the reload",
+            daemon=daemon,
+        )
+        assert (
+            "reload: [DEFAULT] poll_interval, [daemon] audit_interval "
+            "changed in the file; not applied"
+        ) in restart[0]
+        wait_until(
+            lambda: (
+                "reload: added weekly; 2 policies in force" in daemon.output()
+            ),
+            30,
+            "the new policy",
+            daemon=daemon,
+        )
+
+        config.path.write_text(
+            original + "[metrics]\nport = 99999\n[polcy:x]\n"
+        )
+        daemon.signal(signal.SIGHUP)
+        rejected = wait_until(
+            lambda: [
+                line.split("reload rejected, ", 1)[1]
+                for line in daemon.output().splitlines()
+                if "reload rejected, " in line
+            ],
+            30,
+            "the rejection",
+            daemon=daemon,
+        )
+        assert len(rejected) == 2, rejected
+        assert rejected[0] == (
+            "the 2 policies in force are kept: [metrics] port: '99999' is "
+            "not valid (Should be less than or equal to 65535); expected an "
+            "integer from 0 to 65535"
+        )
+        assert rejected[1].startswith(
+            "the 2 policies in force are kept: [polcy:x] (section): "
+            f"unknown section ({config.path}:"
+        )
+        assert "did you mean [policy:x]?" in rejected[1]
+        assert daemon.proc.poll() is None
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(30)
