@@ -509,7 +509,7 @@ def option_values(conf: cfg.ConfigOpts) -> dict[tuple[str, str], object]:
     """Every fixed option's value in ``conf`` (policies aside); a value
     that cannot be read is None."""
     values: dict[tuple[str, str], object] = {}
-    for group, group_opts in _registered(conf):
+    for group, group_opts in _known_groups():
         for opt in group_opts:
             try:
                 if group == DEFAULT:
@@ -521,7 +521,8 @@ def option_values(conf: cfg.ConfigOpts) -> dict[tuple[str, str], object]:
     return values
 
 
-def _registered(conf: cfg.ConfigOpts) -> list[tuple[str, list[cfg.Opt]]]:
+def _known_groups() -> list[tuple[str, list[cfg.Opt]]]:
+    """The fixed groups and their options, as the sample lists them."""
     schema = load_schema()
     return [(g, list(opts.values())) for g, opts in schema.groups.items()]
 
