@@ -250,3 +250,33 @@ def test_daemon_verifies_on_its_schedule_and_exports_metrics(
         assert daemon.stop() == 0
     finally:
         daemons.kill_all()
+
+
+def test_a_tenants_forged_checksum_is_trusted_only_after_journal_loss(
+    alice, backed_up, tmp_path
+):
+    made = backed_up("volume", [(0, _pattern("forged", 8 * MIB))])
+    cinderbak, backup_id = made.cinderbak, made.backup_id
+    marks = alice.block_storage.get_backup(backup_id).metadata
+    algorithm, size, digest = marks["cinderbak:checksum"].split(":")
+    forged = f"{algorithm}:{size}:{'0' * len(digest)}"
+    # The tenant owns the backup (project mode) and rewrites the mark.
+    alice.block_storage.put(
+        f"/backups/{backup_id}",
+        json={"backup": {"metadata": marks | {"cinderbak:checksum": forged}}},
+        microversion="3.43",
+    ).raise_for_status()
+
+    # The journal recorded the real checksum: the forgery changes nothing.
+    (row,) = cinderbak.run("verify", backup_id)
+    assert cinderbak.last_returncode == 0, cinderbak.last_stderr
+    assert (row["result"], row["content"]) == ("ok", "match"), row
+
+    # Journal lost: only the mark is left, and the verdict says so; a
+    # mismatch against an unbacked mark warns, it does not fail.
+    (tmp_path / "journal.sqlite").unlink()
+    (row,) = cinderbak.run("verify", backup_id)
+    assert cinderbak.last_returncode == 0, cinderbak.last_stderr
+    assert (row["result"], row["content"]) == ("warning", "MISMATCH"), row
+    assert "which the journal does not back" in row["problems"], row
+    assert "VERIFICATION FAILED" not in cinderbak.last_stderr
