@@ -130,7 +130,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except cfg.Error as exc:
         sys.stderr.write(f"cinderbak-daemon: {exc}\n")
         return EXIT_CONFIG
-    logs.setup(conf)
+    try:
+        logs.setup(conf)
+    except (OSError, ValueError) as exc:  # log_file, log_dir, log_config
+        report(
+            [
+                config_check.Problem(
+                    "DEFAULT",
+                    "log_file",
+                    f"cannot set up logging ({exc}); expected a log file "
+                    "or directory the daemon's user can write",
+                )
+            ],
+            "cannot start: ",
+        )
+        return EXIT_CONFIG
     try:
         problems = config_check.validate(conf, reach=True)
     except (OSError, ValueError) as exc:  # a file gone since it was parsed

@@ -127,6 +127,7 @@ def test_every_problem_of_a_start_at_once_exit_2(
         ("journal driver", 2, "[journal] connection: cannot use "),
         ("corrupt sqlite", 2, "[journal] connection: sqlite:///"),
         ("unknown quiescer", 2, "[consistency] quiescer: no quiescer 'kvm'"),
+        ("log file unwritable", 2, "[DEFAULT] log_file: cannot set up "),
     ],
 )
 def test_a_start_up_problem_is_one_line_not_a_traceback(
@@ -159,6 +160,10 @@ def test_a_start_up_problem_is_one_line_not_a_traceback(
     if cloud or extra.startswith("[service_auth]"):
         text = text.replace(
             "cloud = localstack-cinderbak", f"cloud = {cloud}" if cloud else ""
+        )
+    if case == "log file unwritable":
+        text = text.replace(
+            "[DEFAULT]\n", "[DEFAULT]\nlog_file = /proc/x.log\n"
         )
     if case == "state path unwritable":
         text = text.replace(
