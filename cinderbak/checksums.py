@@ -11,7 +11,7 @@ same way and compares.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from cinderbak import imagedigest
 from cinderbak.verification import SourceChecksum
@@ -72,6 +72,7 @@ class SourceChecksummer:
         Raise LookupError when the source is gone (e.g. a newer backup of
         the volume already replaced the driver's snapshot).
         """
+        snapshot: str | None
         if snapshot_id:
             snapshot = f"snapshot-{snapshot_id}"
         else:
@@ -91,7 +92,7 @@ class SourceChecksummer:
         *,
         snapshot: str | None = None,
         size: int | None = None,
-        sink: BinaryIO | None = None,
+        sink: IO[bytes] | None = None,
     ) -> Checksummed:
         """Checksum the first ``size`` bytes (default: all) of a volume's
         image or snapshot; with ``sink``, also write a sparse raw copy."""

@@ -31,7 +31,7 @@ from cinderbak.volume_cluster import VolumeCluster
 
 LOG = logging.getLogger(__name__)
 
-OPTS = [
+OPTS: list[cfg.Opt] = [
     cfg.StrOpt(
         "quiescer",
         default="noop",

@@ -134,11 +134,12 @@ def volumes_of_policy(cloud: Cloud, policy: Policy) -> Iterator[Volume]:
     # The SDK sends ``properties`` as Cinder's ``metadata`` filter; Cinder
     # parses it as a literal, so it must be a JSON string, not a dict.
     query = json.dumps({tenant.POLICY: policy.name})
-    ours = cloud.service.current_project_id
+    ours = cloud.service.current_project_id or ""
     for volume in cloud.service.block_storage.volumes(
         details=True, all_projects=True, properties=query, limit=PAGE_SIZE
     ):
-        if not is_scratch(volume, ours):
+        # Always v3 (block_storage_api_version); said for the type checker.
+        if isinstance(volume, Volume) and not is_scratch(volume, ours):
             yield volume
 
 
@@ -158,15 +159,20 @@ def audit(cloud: Cloud, policies: Mapping[str, Policy]) -> list[Problem]:
     """Page through all volumes; return opt-ins that no policy can serve.
 
     Volumes of a known policy with bad metadata are reported by their
-    policy's own run, so only the rest are returned here.
+    policy's own run, so only the rest are returned here. Cinder's filter
+    matches the exact value, so a value with surrounding whitespace
+    (``"daily "``) or a key spelled another way (``CinderBak:policy``)
+    reaches no policy's run: the audit reports those too.
     """
+    ours = cloud.service.current_project_id or ""
     volumes = (
         volume
         for volume in cloud.service.block_storage.volumes(
             details=True, all_projects=True, limit=PAGE_SIZE
         )
-        if any(key.startswith(tenant.PREFIX) for key in volume.metadata or {})
-        and not is_scratch(volume, cloud.service.current_project_id)
+        if isinstance(volume, Volume)  # always v3, as volumes_of_policy
+        and tenant.mentions_us(volume.metadata or {})
+        and not is_scratch(volume, ours)
     )
     return [
         item

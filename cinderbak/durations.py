@@ -17,7 +17,13 @@ _UNITS = {
     "w": datetime.timedelta(weeks=1),
 }
 _PATTERN = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-EXPECTED = "a whole number followed by s, m, h, d or w (e.g. 90s, 6h, 14d)"
+EXPECTED = (
+    "a whole number followed by s, m, h, d or w (e.g. 90s, 6h, 14d), "
+    "above 0 and at most 100 years"
+)
+# Beyond this, date arithmetic (a slot after 2000-01-01, "now - within")
+# leaves the range of datetime; no schedule or retention needs more.
+LONGEST = datetime.timedelta(days=36525)
 
 
 def parse_duration(text: str) -> datetime.timedelta:
@@ -25,4 +31,7 @@ def parse_duration(text: str) -> datetime.timedelta:
     match = _PATTERN.match(text.lower())
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"{text!r} is not a duration; expected {EXPECTED}")
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    count, unit = int(match.group(1)), _UNITS[match.group(2)]
+    if count > LONGEST // unit:
+        raise ValueError(f"{text!r} is too long; expected {EXPECTED}")
+    return count * unit

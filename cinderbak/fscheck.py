@@ -73,7 +73,7 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
 
 
 def scratch_dir(conf: cfg.ConfigOpts) -> str:
-    return conf[GROUP].scratch_dir
+    return str(conf[GROUP].scratch_dir)
 
 
 class Result(enum.StrEnum):
@@ -378,7 +378,7 @@ def _tool(name: str) -> str | None:
 
 def _run(
     tool: str, args: list[str], deadline: float
-) -> subprocess.CompletedProcess:
+) -> subprocess.CompletedProcess[str]:
     """Run a read-only tool (a path from _tool) in the C locale, since its
     messages are parsed; raise _TimedOut when the deadline passes (the
     tool is killed)."""
@@ -441,7 +441,7 @@ def _check(path: str, deadline: float) -> FsCheck:
         return FsCheck.not_checked(probe.reason, probe.fstype)
     if probe.fstype == XFS:
         return _check_xfs(path, deadline)
-    return _check_ext(probe.fstype, path, deadline)
+    return _check_ext(probe.fstype or "", path, deadline)
 
 
 def _check_ext(fstype: str, path: str, deadline: float) -> FsCheck:

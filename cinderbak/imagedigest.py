@@ -29,9 +29,9 @@ import functools
 import hashlib
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 BLOCK_SIZE = 4 * 1024 * 1024
 ALGORITHM = "sha256-4MiB"
@@ -148,7 +148,7 @@ def _allocated_ranges(
 
 def _read_ahead(
     read: Reader, extents: Iterator[Extent], depth: int
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """Yield ``read(offset, length)`` of each extent in order, keeping up
     to ``depth`` reads in flight (a cluster serves parallel reads faster
     than one at a time); memory holds at most ``depth + 1`` results."""
@@ -268,7 +268,7 @@ def allocated_extents(image: Any, size: int) -> list[Extent]:
 def digest_image(
     image: Any,
     size: int | None = None,
-    sink: BinaryIO | None = None,
+    sink: IO[bytes] | None = None,
     *,
     depth: int = READ_DEPTH,
 ) -> ImageDigest:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging as std_logging
+
 from oslo_config import cfg
 from oslo_log import log as logging
+
+from cinderbak.escape import escape
 
 DOMAIN = "cinderbak"
 # Libraries whose INFO lines drown ours; operators can raise them again
@@ -25,5 +29,25 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     )
 
 
+class EscapeFilter(std_logging.Filter):
+    """Escapes the text of every log line (its tracebacks aside): log
+    lines carry volume names and metadata values, which tenants choose,
+    and a newline or an escape sequence in them must not forge a line or
+    rewrite the operator's terminal."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: logging reports it
+            return True
+        escaped = escape(message)
+        if escaped != message or record.args:
+            record.msg, record.args = escaped, None
+        return True
+
+
 def setup(conf: cfg.ConfigOpts) -> None:
     logging.setup(conf, DOMAIN)
+    for handler in std_logging.getLogger().handlers:
+        if not any(isinstance(f, EscapeFilter) for f in handler.filters):
+            handler.addFilter(EscapeFilter())

@@ -7,9 +7,14 @@ without bound (the journal and ``cinderbak runs`` hold the details).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import prometheus_client
 from oslo_config import cfg
 from oslo_log import log as logging
+
+if TYPE_CHECKING:
+    from cinderbak.verify import VerifyRow
 
 LOG = logging.getLogger(__name__)
 
@@ -84,7 +89,7 @@ def record_backup(policy: str, status: str) -> None:
     BACKUPS.labels(policy, status).inc()
 
 
-def record_verification(row) -> None:
+def record_verification(row: VerifyRow) -> None:
     """Count one verification (a VerifyRow)."""
     VERIFICATIONS.labels(row.policy, row.result).inc()
     LAST_VERIFICATION.labels(row.policy, row.result).set_to_current_time()

@@ -14,7 +14,8 @@ import datetime
 import enum
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -25,6 +26,7 @@ from cinderbak import chains, durations, retention
 from cinderbak.tenant import QuiesceMode
 
 SECTION_PREFIX = "policy:"
+_T = TypeVar("_T")
 # Interval schedules count from a fixed instant, so their slots (and the
 # journal keys made from them) are the same across restarts.
 INTERVAL_ANCHOR = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
@@ -238,6 +240,7 @@ class Schedule:
                 timezone=timezone,
                 jitter=jitter or None,
             )
+        assert self.interval is not None  # a Schedule has one or the other
         return IntervalTrigger(
             seconds=self.interval.total_seconds(),
             start_date=INTERVAL_ANCHOR,
@@ -266,7 +269,8 @@ class Schedule:
                         fire, fire + datetime.timedelta(seconds=1)
                     )
                     if later is None or later > now:
-                        return fire
+                        found: datetime.datetime = fire
+                        return found
                     fire = later
             window *= 2
         return None
@@ -414,7 +418,7 @@ class Policy:
         return SECTION_PREFIX + self.name
 
 
-def parse_policy(name: str, values: Mapping[str, object]) -> Policy:
+def parse_policy(name: str, values: Mapping[str, Any]) -> Policy:
     """Given a policy's name and option values, return the Policy.
 
     ``values`` holds what oslo.config already typed (ints, floats, checked
@@ -431,7 +435,7 @@ def parse_policy(name: str, values: Mapping[str, object]) -> Policy:
             "write it into volume metadata",
         )
 
-    def parsed(option: str, parser):
+    def parsed(option: str, parser: Callable[[str], _T]) -> _T:
         raw = values.get(option)
         if raw is None or str(raw).strip() == "":
             raise PolicyConfigError(section, option, "a value is required")

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from cinderbak import tenant
+from cinderbak.escape import escape
 
 # Statuses a volume being restored into ends in when the restore failed.
 VOLUME_FAILURES = frozenset({"error", "error_restoring"})
@@ -43,7 +44,9 @@ class VolumeFacts:
 
     def label(self) -> str:
         """'volume ID (name) in project P', as every message says it."""
-        named = f" ({self.name})" if self.name else ""
+        # The name is the tenant's: escaped, it cannot rewrite the
+        # operator's terminal in the confirmation it is shown in.
+        named = f" ({escape(self.name)})" if self.name else ""
         return f"volume {self.id}{named} in project {self.project_id}"
 
 
@@ -120,14 +123,33 @@ class GroupMember:
     # The marks as written, not yet trusted: checked by group_refusals.
     group_size: str
     run: str
+    created_at: datetime.datetime | None = None
 
     def label(self) -> str:
         return f"backup {self.backup.id} of volume {self.volume_id}"
 
 
-def group_refusals(group_id: str, members: Sequence[GroupMember]) -> list[str]:
+# Without a journal record, the backups of one freeze must also have
+# been created close together: they are requested in one run.
+MAX_SPREAD = datetime.timedelta(hours=6)
+
+
+def group_refusals(
+    group_id: str,
+    members: Sequence[GroupMember],
+    recorded: Mapping[str, str | None] | None = None,
+    *,
+    max_spread: datetime.timedelta = MAX_SPREAD,
+) -> list[str]:
     """Return why restore point ``group_id`` must not be restored (empty:
     it may), given every backup of ours that carries its mark.
+
+    ``recorded`` is what the journal holds of the freeze (volume ->
+    backup it made, see Journal.restore_point): then membership and
+    size come from it, and a backup merely carrying the mark is refused
+    as forged. Without it (journal lost) the marks decide, cross-checked:
+    the members must agree on size and run, and have been created within
+    ``max_spread`` of each other.
     """
     where = f"group {group_id}"
     if not members:
@@ -136,10 +158,15 @@ def group_refusals(group_id: str, members: Sequence[GroupMember]) -> list[str]:
             f"{tenant.GROUP}={group_id}"
         ]
     members = sorted(members, key=lambda m: (m.volume_id, m.backup.id))
-    reasons = [
-        *_disagreements(where, members),
-        *_count_refusals(where, members),
-    ]
+    if recorded is not None:
+        reasons = _disagreements(where, members, marks=False)
+        reasons += _recorded_refusals(where, members, recorded)
+    else:
+        reasons = [
+            *_disagreements(where, members),
+            *_count_refusals(where, members),
+            *_spread_refusals(where, members, max_spread),
+        ]
     for member in members:
         backup = member.backup
         if backup.status != "available":
@@ -151,8 +178,63 @@ def group_refusals(group_id: str, members: Sequence[GroupMember]) -> list[str]:
     return reasons
 
 
-def _disagreements(where: str, members: Sequence[GroupMember]) -> list[str]:
-    """The marks every member of one freeze must share, and why."""
+def _recorded_refusals(
+    where: str,
+    members: Sequence[GroupMember],
+    recorded: Mapping[str, str | None],
+) -> list[str]:
+    """Exactly the backups the journal says the freeze made, no other."""
+    made = {b for b in recorded.values() if b}
+    found = {m.backup.id for m in members}
+    reasons = [
+        f"{where}: {m.label()} carries the group's mark, but the journal "
+        f"records no such backup of this restore point (it made "
+        f"{len(made)} of volumes {', '.join(sorted(recorded))}): a forged "
+        "or copied mark; refused"
+        for m in members
+        if m.backup.id not in made
+    ]
+    missing = [
+        f"volume {volume_id}"
+        + (f" (backup {backup_id})" if backup_id else " (no backup made)")
+        for volume_id, backup_id in sorted(recorded.items())
+        if backup_id not in found
+    ]
+    if missing:
+        reasons.append(
+            f"{where} is incomplete: the journal records {len(recorded)} "
+            f"volumes in its freeze, missing {', '.join(missing)}; the "
+            "others were deleted or never finished. A restore point is "
+            "restored whole; restore single backups with 'cinderbak "
+            "restore BACKUP' if a partial restore is really wanted"
+        )
+    return reasons
+
+
+def _spread_refusals(
+    where: str, members: Sequence[GroupMember], max_spread: datetime.timedelta
+) -> list[str]:
+    """Members of one freeze were created in one run, close together."""
+    times = [m.created_at for m in members if m.created_at is not None]
+    if len(times) < 2 or max(times) - min(times) <= max_spread:
+        return []
+    said = ", ".join(
+        f"{m.label()} at {m.created_at:%Y-%m-%dT%H:%M:%SZ}"
+        for m in members
+        if m.created_at is not None
+    )
+    return [
+        f"{where}: backups were created {max(times) - min(times)} apart "
+        f"({said}), more than the {max_spread} one run takes: the journal "
+        "has no record of this restore point and the marks do not agree"
+    ]
+
+
+def _disagreements(
+    where: str, members: Sequence[GroupMember], *, marks: bool = True
+) -> list[str]:
+    """The marks every member of one freeze must share, and why (only
+    the project when the journal, not the marks, says who belongs)."""
     checks: list[tuple[str, Callable[[GroupMember], str], str]] = [
         (tenant.GROUP_SIZE, lambda m: m.group_size, "not one restore point"),
         (tenant.RUN, lambda m: m.run, "not one restore point"),
@@ -163,11 +245,13 @@ def _disagreements(where: str, members: Sequence[GroupMember]) -> list[str]:
             "one restore point",
         ),
     ]
+    if not marks:
+        checks = checks[2:]
     reasons = []
     for what, value_of, why in checks:
         if len({value_of(m) for m in members}) > 1:
             said = ", ".join(
-                f"{m.label()} says {value_of(m) or '(nothing)'}"
+                f"{m.label()} says {escape(value_of(m) or '(nothing)')}"
                 for m in members
             )
             reasons.append(
@@ -236,3 +320,23 @@ def restore_failure(
 def restore_finished(volume_status: str, backup_status: str) -> bool:
     """Whether a restore is over: Cinder releases the backup last."""
     return volume_status == "available" and backup_status == "available"
+
+
+def opt_in_keys(metadata: Mapping[str, str]) -> list[str]:
+    """Given a restored volume's metadata, return the keys of ours to
+    strip from it (any spelling): Cinder copies the source volume's
+    metadata onto the new volume, and a restore nobody opted in must not
+    be backed up, nor show the source's last status."""
+    return sorted(
+        key
+        for key in metadata
+        if tenant.canonical_key(key) in tenant.VOLUME_KEYS
+    )
+
+
+def opt_in_note(keys: Sequence[str], *, kept: bool) -> str:
+    """What the restore did with the copied keys, for its output."""
+    if not keys:
+        return "none copied"
+    listed = ", ".join(keys)
+    return f"kept {listed} (--keep-opt-in)" if kept else f"removed {listed}"

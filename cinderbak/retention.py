@@ -280,14 +280,13 @@ PERIODS: Final[
 
 def _timestamp_problem(chains: Chains, i: int) -> str:
     """Say what is wrong with the times of a backup known to be odd."""
-    b = chains.backups[i]
     if chains.unusable_time[i]:
         return (
             "timestamp missing or without time zone: cannot place it in time"
         )
     if chains.data[i] <= chains.created[i]:
-        return f"created_at {b.created_at.isoformat()} is after now"
-    return f"data_timestamp {b.data_timestamp.isoformat()} is after now"
+        return f"created_at {chains.created[i].isoformat()} is after now"
+    return f"data_timestamp {chains.data[i].isoformat()} is after now"
 
 
 def plan(

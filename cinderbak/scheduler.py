@@ -889,20 +889,44 @@ class Daemon:
             systemd.RELOADING,
             f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
         )
+        rejected: Exception | None = None
         try:
             new = self._load_policies()
         except (ValueError, cfg.Error) as exc:
-            # PolicyConfigError is a ValueError naming section and option.
-            LOG.error(
-                "reload rejected, the %d policies in force are kept: %s",
-                len(self.parts.policies),
-                exc,
-            )
+            rejected = exc
+        if rejected is not None:
+            # Logged outside the except clause: oslo.log would append the
+            # whole exception to every line. ConfigProblems lists every
+            # problem of the pass start-up runs; PolicyConfigError is a
+            # ValueError naming one.
+            for problem in getattr(rejected, "problems", None) or (rejected,):
+                LOG.error(
+                    "reload rejected, the %d policies in force are kept: %s",
+                    len(self.parts.policies),
+                    problem,
+                )
             self._notify(
                 systemd.READY,
-                status=f"reload rejected: {exc}",
+                status=f"reload rejected: {rejected}",
             )
             return False
+        # Imported here: this method is the only part of the module that
+        # the configuration check touches.
+        from cinderbak import config_check
+
+        options = getattr(new, "options", None)
+        if options is not None:
+            # Only policies are re-read into the running daemon; every
+            # other option was read once at start-up.
+            restart = config_check.changed_options(
+                config_check.option_values(self.conf), options
+            )
+            if restart:
+                LOG.warning(
+                    "reload: %s changed in the file; not applied, they "
+                    "take effect at the next restart",
+                    ", ".join(restart),
+                )
         changes = plan_changes(self.parts.policies, new)
         for name in changes.removed:
             for job_id in (

@@ -70,8 +70,11 @@ class MetadataError(ValueError):
         self.key = key
         self.value = value
         self.expected = expected
+        # A key with spaces or invisible characters is shown quoted, so
+        # the operator sees what the tenant really wrote.
+        shown = key if key == key.strip() and key.isprintable() else repr(key)
         super().__init__(
-            f"volume {resource_id}: metadata {key}={value!r} is invalid; "
+            f"volume {resource_id}: metadata {shown}={value!r} is invalid; "
             f"expected {expected}"
         )
 
@@ -85,6 +88,30 @@ class OptIn:
     quiesce: QuiesceMode | None  # None: the policy's default applies
 
 
+def canonical_key(key: str) -> str | None:
+    """Given a metadata key, return the key of ours it spells (case and
+    whitespace aside), or None when it is not under our prefix.
+
+    ``CinderBak:policy`` and ``" cinderbak:policy"`` return
+    ``cinderbak:policy``: Cinder matches keys exactly, so such a key is
+    reported, never silently ignored and never silently accepted.
+    """
+    folded = "".join(key.split()).casefold()
+    return folded if folded.startswith(PREFIX) else None
+
+
+def mentions_us(metadata: Mapping[str, str]) -> bool:
+    """Whether any key is, or looks like, one of ours: the audit looks
+    at exactly these volumes."""
+    return any(canonical_key(key) is not None for key in metadata)
+
+
+def is_exact(value: str) -> bool:
+    """Whether a value has no surrounding whitespace (space, tab,
+    newline, no-break space) and no invisible character."""
+    return value == value.strip() and value.isprintable()
+
+
 def parse_volume_metadata(
     volume_id: str,
     metadata: Mapping[str, str],
@@ -96,6 +123,16 @@ def parse_volume_metadata(
     ``cinderbak:`` key outside the contract.
     """
     for key, value in sorted(metadata.items()):
+        canonical = canonical_key(key)
+        if canonical is not None and canonical != key:
+            raise MetadataError(
+                volume_id,
+                key,
+                value,
+                f"the key written exactly {canonical!r} (lower case, no "
+                "spaces): Cinder matches keys exactly, so this one is "
+                "ignored by every policy",
+            )
         if key.startswith(PREFIX) and key not in VOLUME_KEYS:
             expected = (
                 f"{HOLD} only on a backup, not on a volume"
@@ -112,9 +149,20 @@ def parse_volume_metadata(
                 f"to be set together with {POLICY}",
             )
         return None
-    policy = metadata[POLICY].strip()
+    policy = metadata[POLICY]
+    names = ", ".join(sorted(known_policies)) or "(none defined)"
+    if not is_exact(policy):
+        meant = "".join(ch for ch in policy.strip() if ch.isprintable())
+        hint = f" ({meant!r})" if meant in known_policies else ""
+        raise MetadataError(
+            volume_id,
+            POLICY,
+            policy,
+            f"exactly a policy name{hint}, without surrounding whitespace "
+            "or invisible characters: Cinder matches the value exactly, so "
+            f"this volume is never backed up; policies: {names}",
+        )
     if policy not in known_policies:
-        names = ", ".join(sorted(known_policies)) or "(none defined)"
         raise MetadataError(
             volume_id,
             POLICY,

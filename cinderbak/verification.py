@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from cinderbak.policy import Sample
 
@@ -122,6 +122,7 @@ def judge(
     filesystem_summary: str,
     consistency: str,
     at: datetime.datetime,
+    trusted: bool = True,
 ) -> Verdict:
     """Given what was recorded at backup time and what the restore gave,
     return the verdict.
@@ -129,8 +130,16 @@ def judge(
     A checksum mismatch or a damaged filesystem fails. A journal that
     needs replaying is expected of a crash-consistent copy and noted; on
     a copy marked quiesced it means the freeze did not hold, a warning.
+    ``trusted`` is False when ``expected`` comes from the backup's
+    ``cinderbak:checksum`` mark only (no journal record): a tenant may
+    have edited it, so the comparison can warn but not fail.
     """
     problems: list[str] = []
+    if expected is not None and not trusted:
+        problems.append(
+            "expected checksum taken from the backup's cinderbak:checksum "
+            "mark, which the journal does not back (tenants can edit it)"
+        )
     if restored_hexdigest is None:
         content = Content.NOT_READ
     elif expected is None:
@@ -156,9 +165,12 @@ def judge(
         problems.append(
             "backup marked quiesced but its journal needs recovery"
         )
-    if content in (Content.MISMATCH, Content.NOT_READ) or (
-        filesystem == "errors"
-    ):
+    failing = (
+        (Content.MISMATCH, Content.NOT_READ)
+        if trusted
+        else (Content.NOT_READ,)
+    )
+    if content in failing or filesystem == "errors":
         result = Result.FAILED
     elif problems:
         result = Result.WARNING
@@ -188,10 +200,30 @@ def choose(candidates: Iterable[Candidate], sample: Sample) -> list[Candidate]:
     """
     eligible = [c for c in candidates if c.status == "available"]
 
-    def order(c: Candidate) -> tuple:
+    def order(c: Candidate) -> tuple[object, ...]:
         if c.last_verified is None:
             return (0, c.created_at)
         return (1, c.last_verified.at, c.created_at)
 
     eligible.sort(key=order)
     return eligible[: sample.size(len(eligible))]
+
+
+def last_verifications(
+    backup_ids: Iterable[str],
+    recorded: Mapping[str, LastVerified],
+    marks: Mapping[str, str | None],
+    *,
+    journal_knows_policy: bool,
+) -> dict[str, LastVerified | None]:
+    """When each backup was last verified, for :func:`choose`.
+
+    The journal is what only we wrote: when it holds any verification of
+    the policy, a backup it has no record of counts as never verified,
+    whatever its ``cinderbak:verified`` mark says (a tenant could keep
+    its own backup looking fresh, or stale, forever). Only when the
+    journal has none (lost, or new) are the marks used, as a fallback.
+    """
+    if journal_knows_policy:
+        return {b: recorded.get(b) for b in backup_ids}
+    return {b: parse_verified(marks.get(b)) for b in backup_ids}

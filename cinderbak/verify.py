@@ -19,8 +19,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from openstack.block_storage.v3.backup import Backup
+from openstack.block_storage.v3.volume import Volume
 from oslo_log import log as logging
 
 from cinderbak import fscheck, metrics, tenant, verification
@@ -28,7 +30,17 @@ from cinderbak.backups import parse_time
 from cinderbak.discovery import SCRATCH_PREFIX, is_scratch
 from cinderbak.journal import states, steps
 from cinderbak.policy import Policy
-from cinderbak.verification import Candidate, SourceChecksum, Verdict
+from cinderbak.verification import (
+    Candidate,
+    LastVerified,
+    SourceChecksum,
+    Verdict,
+)
+
+if TYPE_CHECKING:
+    from cinderbak.checksums import Checksummed, SourceChecksummer
+    from cinderbak.cloud import Cloud
+    from cinderbak.service import Parts
 
 LOG = logging.getLogger(__name__)
 
@@ -77,7 +89,7 @@ class VerifyRow:
         "problems",
     )
 
-    def as_tuple(self) -> tuple:
+    def as_tuple(self) -> tuple[object, ...]:
         return tuple(
             "; ".join(self.problems) if c == "problems" else getattr(self, c)
             for c in self.COLUMNS
@@ -99,12 +111,13 @@ class Verifier:
 
     def __init__(
         self,
-        parts,
+        parts: Parts,
         *,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if parts.checksummer is None:
+        checksummer = parts.checksummer
+        if checksummer is None:
             raise VerifyError(
                 "verification reads restored images on the volume cluster: "
                 "configure [volume_cluster] conf (a read-only Ceph client)"
@@ -113,7 +126,7 @@ class Verifier:
         self.conf = parts.conf
         self.cloud = parts.cloud
         self.journal = parts.journal
-        self.checksummer = parts.checksummer
+        self.checksummer: SourceChecksummer = checksummer
         self.stop = stop or threading.Event()
         self.clock = clock
 
@@ -143,6 +156,7 @@ class Verifier:
         """One pass: the policy's sample of backups, least recently
         verified first."""
         by_id = {b.id: b for b in self.our_backups(policy.name)}
+        last = self._last_verifications(policy.name, by_id)
         candidates = [
             Candidate(
                 backup_id=b.id,
@@ -150,9 +164,7 @@ class Verifier:
                 created_at=parse_time(b.created_at)
                 or datetime.datetime.min.replace(tzinfo=datetime.UTC),
                 status=b.status,
-                last_verified=verification.parse_verified(
-                    (b.metadata or {}).get(tenant.VERIFIED)
-                ),
+                last_verified=last[b.id],
             )
             for b in by_id.values()
         ]
@@ -178,11 +190,44 @@ class Verifier:
             )
         return rows
 
+    def _last_verifications(
+        self, policy_name: str, by_id: dict[str, Any]
+    ) -> dict[str, LastVerified | None]:
+        """When each backup was last verified: the journal's runs first,
+        the tenant-editable marks only when the journal has none."""
+        run_policy = RUN_PREFIX + policy_name
+        runs = self.journal.last_final_runs(run_policy, by_id)
+        recorded = {
+            backup_id: LastVerified(
+                (run.summary or {}).get("result") or str(run.state),
+                run.finished_at,
+            )
+            for backup_id, run in runs.items()
+            if run.finished_at is not None
+        }
+        knows = bool(recorded) or self.journal.has_runs(run_policy)
+        if not knows and by_id:
+            LOG.info(
+                "policy %s: the journal holds no verification; choosing "
+                "by the backups' %s marks",
+                policy_name,
+                tenant.VERIFIED,
+            )
+        return verification.last_verifications(
+            by_id,
+            recorded,
+            {
+                b: (v.metadata or {}).get(tenant.VERIFIED)
+                for b, v in by_id.items()
+            },
+            journal_knows_policy=knows,
+        )
+
     # -- one backup --------------------------------------------------
 
     def verify_backup(
         self,
-        backup,
+        backup: Backup,
         policy_name: str,
         now: datetime.datetime,
         *,
@@ -210,7 +255,7 @@ class Verifier:
             row.problems.append(f"verification already {run.state}")
             return row
         self.journal.start_run(run.id)
-        expected, problem = self._expected(backup.id, metadata)
+        expected, problem, trusted = self._expected(backup.id, metadata)
         if problem:
             row.problems.append(problem)
         digest = None
@@ -236,15 +281,17 @@ class Verifier:
             filesystem_summary=fs.summary,
             consistency=row.consistency,
             at=datetime.datetime.now(datetime.UTC),
+            trusted=trusted,
         )
         self._conclude(run.id, backup, row, verdict, fs)
         return row
 
     def _expected(
         self, backup_id: str, metadata: dict[str, str]
-    ) -> tuple[SourceChecksum | None, str | None]:
-        """The source checksum taken at backup time: the journal's record
-        first (tenants can edit a backup's metadata), else the mark."""
+    ) -> tuple[SourceChecksum | None, str | None, bool]:
+        """The source checksum taken at backup time, a problem reading it,
+        and whether it is trusted: the journal's record first (tenants
+        can edit a backup's metadata), else the mark, untrusted."""
         for step in reversed(
             self.journal.steps_of_resource(steps.CHECKSUM, backup_id)
         ):
@@ -253,15 +300,18 @@ class Verifier:
                 return (
                     SourceChecksum(d["algorithm"], d["size"], d["hexdigest"]),
                     None,
+                    True,
                 )
         try:
-            return verification.parse_checksum(
-                metadata.get(tenant.CHECKSUM)
-            ), None
+            return (
+                verification.parse_checksum(metadata.get(tenant.CHECKSUM)),
+                None,
+                False,
+            )
         except ValueError as exc:
-            return None, f"backup {backup_id}: {exc}"
+            return None, f"backup {backup_id}: {exc}", False
 
-    def _scratch_volume(self, run_id: str, backup) -> str:
+    def _scratch_volume(self, run_id: str, backup: Backup) -> str:
         """Create the scratch volume in our own project; journal first."""
         storage = self.cloud.service.block_storage
         step = self.journal.begin_step(
@@ -287,7 +337,12 @@ class Verifier:
         return volume.id
 
     def _restore(
-        self, run_id: str, backup, scratch_id: str, row: VerifyRow, timeout
+        self,
+        run_id: str,
+        backup: Backup,
+        scratch_id: str,
+        row: VerifyRow,
+        timeout: float,
     ) -> None:
         storage = self.cloud.service.block_storage
         started = self.clock()
@@ -304,7 +359,12 @@ class Verifier:
         row.restore_seconds = round(seconds, 1)
         row.restore_mib_s = _rate((backup.size or 0) * GIB, seconds)
 
-    def _read_and_check(self, scratch_id: str, backup, expected):
+    def _read_and_check(
+        self,
+        scratch_id: str,
+        backup: Backup,
+        expected: SourceChecksum | None,
+    ) -> tuple[Checksummed, fscheck.FsCheck]:
         """Checksum the restored image, writing a sparse copy when there
         is room, and check the filesystem on the copy."""
         size = expected.size if expected else (backup.size or 0) * GIB
@@ -348,7 +408,12 @@ class Verifier:
         self.journal.complete_step(step)
 
     def _conclude(
-        self, run_id: str, backup, row: VerifyRow, verdict: Verdict, fs
+        self,
+        run_id: str,
+        backup: Backup,
+        row: VerifyRow,
+        verdict: Verdict,
+        fs: fscheck.FsCheck,
     ) -> None:
         row.result = str(verdict.result)
         row.content = str(verdict.content)
@@ -399,7 +464,11 @@ class Verifier:
         ).raise_for_status()
 
     def _wait(
-        self, get, resource_id: str, status: str, deadline: float
+        self,
+        get: Callable[[str], Any],
+        resource_id: str,
+        status: str,
+        deadline: float,
     ) -> Any:
         """Poll until ``status``; raise on an error status, or when the
         clock passes ``deadline``."""
@@ -426,7 +495,7 @@ _BUSY = frozenset({"creating", "restoring-backup", "downloading"})
 
 
 def delete_scratch(
-    cloud,
+    cloud: Cloud,
     scratch_id: str,
     *,
     timeout: float = 900,
@@ -448,7 +517,8 @@ def delete_scratch(
         )
         if volume is None:
             return
-        if not is_scratch(volume, cloud.service.current_project_id):
+        ours = cloud.service.current_project_id or ""
+        if not isinstance(volume, Volume) or not is_scratch(volume, ours):
             raise RuntimeError(
                 f"volume {scratch_id} is not a scratch volume of ours; "
                 "left alone"
@@ -463,7 +533,9 @@ def delete_scratch(
         stop.wait(interval)
 
 
-def verify_one(parts, backup_id: str, now: datetime.datetime) -> VerifyRow:
+def verify_one(
+    parts: Parts, backup_id: str, now: datetime.datetime
+) -> VerifyRow:
     """Verify one backup on demand (``cinderbak verify BACKUP``)."""
     verifier = Verifier(parts)
     storage = parts.cloud.service.block_storage
@@ -472,6 +544,8 @@ def verify_one(parts, backup_id: str, now: datetime.datetime) -> VerifyRow:
     policy_name = metadata.get(tenant.POLICY) or "-"
     policy = parts.policies.get(policy_name)
     timeout = policy.verify_timeout if policy else 6 * 3600
+    if not isinstance(backup, Backup):  # always, said for the checker
+        raise VerifyError(f"backup {backup_id}: not a backup")
     if backup.status != "available":
         raise VerifyError(
             f"backup {backup.id} in project {backup.project_id} is "

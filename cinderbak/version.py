@@ -6,4 +6,4 @@ version_info = pbr.version.VersionInfo("cinderbak")
 
 
 def version_string() -> str:
-    return version_info.version_string()
+    return str(version_info.version_string())

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+from typing import Any
 
 from cliff.app import App
+from cliff.command import Command
 from cliff.commandmanager import CommandManager
 from oslo_config import cfg
 
-from cinderbak import logs, opts, service
+from cinderbak import config_check, logs, opts, service
 from cinderbak.version import version_string
 
 
@@ -25,7 +28,12 @@ class CinderbakApp(App):
         self.conf = conf or cfg.CONF
         self._parts: service.Parts | None = None
 
-    def build_option_parser(self, description, version, argparse_kwargs=None):
+    def build_option_parser(
+        self,
+        description: str | None,
+        version: str | None,
+        argparse_kwargs: dict[str, Any] | None = None,
+    ) -> argparse.ArgumentParser:
         parser = super().build_option_parser(
             description, version, argparse_kwargs
         )
@@ -49,7 +57,7 @@ class CinderbakApp(App):
     def configure_logging(self) -> None:
         """Logging belongs to oslo.log, set up in initialize_app."""
 
-    def initialize_app(self, argv) -> None:
+    def initialize_app(self, argv: list[str]) -> None:
         opts.register_opts(self.conf)
         # Logs go to stderr so that `-f json` output can be piped.
         self.conf.set_default("use_stderr", True)
@@ -61,12 +69,24 @@ class CinderbakApp(App):
         logs.setup(self.conf)
 
     def parts(self) -> service.Parts:
-        """Connect on first use, so `--help` needs no cloud."""
+        """Connect on first use, so `--help` needs no cloud.
+
+        The configuration goes through the daemon's own check first; its
+        problems are printed one per line and the command exits 2.
+        """
         if self._parts is None:
+            problems = config_check.validate(self.conf, reach=True)
+            if problems:
+                for problem in problems:
+                    self.stderr.write(f"cinderbak: {problem}\n")
+                self.stderr.flush()
+                raise SystemExit(2)
             self._parts = service.build(self.conf)
         return self._parts
 
-    def clean_up(self, cmd, result, err) -> None:
+    def clean_up(
+        self, cmd: Command, result: int, err: BaseException | None
+    ) -> None:
         if self._parts is not None:
             self._parts.close()
 

@@ -1,9 +1,14 @@
 """``cinderbak-daemon``: run the policies on their schedules until stopped.
 
 Exit codes: 0 after a clean stop; 2 for a configuration the daemon
-cannot run with (nothing was started; systemd should not retry); 1 for
-anything else (the cloud unreachable or too old at start-up, a crash, a
-stop that ran out of ``shutdown_timeout``).
+cannot run with (nothing was started; systemd should not retry, see
+``RestartPreventExitStatus=2`` in the unit); 1 for anything else (the
+cloud or the journal's database unreachable at start-up, a crash, a stop
+that ran out of ``shutdown_timeout``).
+
+Before anything starts, :mod:`cinderbak.config_check` checks the whole
+configuration and what it points at and prints every problem, one line
+each; ``--check-config`` does only that (exit 0 or 2).
 
 Signals are not handled by a handler: SIGTERM, SIGINT and SIGHUP are
 blocked before any thread exists (threads inherit the block) and the main
@@ -26,7 +31,15 @@ from collections.abc import Sequence
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import logs, metrics, opts, policy, scheduler, service
+from cinderbak import (
+    config_check,
+    logs,
+    metrics,
+    opts,
+    policy,
+    scheduler,
+    service,
+)
 from cinderbak.cloud import CloudTooOld
 from cinderbak.version import version_string
 
@@ -37,10 +50,21 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
+CLI_OPTS = [
+    cfg.BoolOpt(
+        "check-config",
+        default=False,
+        help="Check the configuration and what it points at (cloud, "
+        "journal, volume cluster), print every problem or "
+        "'configuration OK', and exit: 0 when fine, 2 otherwise.",
+    ),
+]
+
 
 def configure(conf: cfg.ConfigOpts, argv: Sequence[str]) -> cfg.ConfigOpts:
     """Register every option on ``conf`` and parse ``argv`` and files."""
     opts.register_opts(conf)
+    conf.register_cli_opts(CLI_OPTS)
     # Registered here too until opts.py lists the module; registering
     # the same options twice is harmless.
     scheduler.register_opts(conf)
@@ -53,17 +77,45 @@ def configure(conf: cfg.ConfigOpts, argv: Sequence[str]) -> cfg.ConfigOpts:
     return conf
 
 
-def reread_policies(argv: Sequence[str]) -> dict[str, policy.Policy]:
-    """Parse the configuration files afresh; return their policies.
+class ReloadedPolicies(dict[str, policy.Policy]):
+    """The policies of a reload, with the fixed options read alongside,
+    so the reload can say which changes need a restart."""
+
+    def __init__(
+        self,
+        policies: dict[str, policy.Policy],
+        options: dict[tuple[str, str], object],
+    ) -> None:
+        super().__init__(policies)
+        self.options = options
+
+
+def reread_policies(argv: Sequence[str]) -> ReloadedPolicies:
+    """Parse and check the configuration files afresh; return their
+    policies and fixed options.
 
     A fresh ConfigOpts, so a file that fails to parse leaves the running
-    configuration untouched. Raise PolicyConfigError or cfg.Error.
+    configuration untouched. The checks are those of start-up without
+    reaching the cloud (its connection is kept). Raise ConfigProblems,
+    PolicyConfigError or cfg.Error.
     """
     fresh = configure(cfg.ConfigOpts(), argv)
     try:
-        return policy.load_policies(fresh)
+        problems = config_check.validate(fresh, reach=False)
+        if problems:
+            raise config_check.ConfigProblems(problems)
+        return ReloadedPolicies(
+            policy.load_policies(fresh), config_check.option_values(fresh)
+        )
     finally:
         fresh.clear()
+
+
+def report(problems: Sequence[config_check.Problem], prefix: str) -> None:
+    """One line per problem on stderr (the systemd journal)."""
+    for problem in problems:
+        sys.stderr.write(f"cinderbak-daemon: {prefix}{problem}\n")
+    sys.stderr.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,7 +130,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except cfg.Error as exc:
         sys.stderr.write(f"cinderbak-daemon: {exc}\n")
         return EXIT_CONFIG
-    logs.setup(conf)
+    try:
+        logs.setup(conf)
+    except (OSError, ValueError) as exc:  # log_file, log_dir, log_config
+        report(
+            [
+                config_check.Problem(
+                    "DEFAULT",
+                    "log_file",
+                    f"cannot set up logging ({exc}); expected a log file "
+                    "or directory the daemon's user can write",
+                )
+            ],
+            "cannot start: ",
+        )
+        return EXIT_CONFIG
+    try:
+        problems = config_check.validate(conf, reach=True)
+    except (OSError, ValueError) as exc:  # a file gone since it was parsed
+        report(
+            [config_check.Problem("DEFAULT", "config_file", str(exc))],
+            "cannot start: ",
+        )
+        return EXIT_CONFIG
+    report(problems, "" if conf.check_config else "cannot start: ")
+    if conf.check_config:
+        if not problems:
+            print("configuration OK")
+        return EXIT_CONFIG if problems else EXIT_OK
+    if problems:
+        # A service not up yet is worth a restart; a wrong value is not.
+        lasting = [p for p in problems if not p.transient]
+        return EXIT_CONFIG if lasting else EXIT_FAILURE
     try:
         parts = service.build(conf)
     except (policy.PolicyConfigError, cfg.Error, ValueError) as exc:

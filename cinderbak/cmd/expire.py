@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 
 from cinderbak import expiry
-from cinderbak.cmd.base import PolicyLister
+from cinderbak.cmd.base import PolicyLister, Table
 
 
 class Expire(PolicyLister):
@@ -19,7 +20,7 @@ class Expire(PolicyLister):
 
     verb = "expire"
 
-    def get_parser(self, prog_name):
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument(
             "--dry-run",
@@ -28,8 +29,8 @@ class Expire(PolicyLister):
         )
         return parser
 
-    def take_action(self, parsed_args):
-        parts = self.app.parts()
+    def take_action(self, parsed_args: argparse.Namespace) -> Table:
+        parts = self.parts()
         policies = expiry.select_policies(parts.policies, parsed_args.policy)
         rows: list[expiry.ExpiryRow] = []
         for policy in policies:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 
 from cinderbak import expiry
-from cinderbak.cmd.base import PolicyLister
+from cinderbak.cmd.base import PolicyLister, Table
 
 
 class Plan(PolicyLister):
@@ -18,7 +19,7 @@ class Plan(PolicyLister):
 
     verb = "plan"
 
-    def get_parser(self, prog_name):
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument(
             "--volume",
@@ -29,8 +30,8 @@ class Plan(PolicyLister):
         )
         return parser
 
-    def take_action(self, parsed_args):
-        parts = self.app.parts()
+    def take_action(self, parsed_args: argparse.Namespace) -> Table:
+        parts = self.parts()
         policies = expiry.select_policies(parts.policies, parsed_args.policy)
         now = datetime.datetime.now(datetime.UTC)
         rows: list[expiry.ExpiryRow] = []

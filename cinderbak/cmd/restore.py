@@ -3,20 +3,30 @@ or a server's restore point (a ``cinderbak:group``) to new volumes."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import openstack.connection
-from cliff.lister import Lister
 from openstack import exceptions as sdk_exceptions
 
 from cinderbak import restore, tenant
+from cinderbak.cmd.base import EscapedLister, Table
 from cinderbak.discovery import PAGE_SIZE
 from cinderbak.workflow import resource_name
 
-COLUMNS = ("backup", "volume_id", "volume_name", "project", "size", "seconds")
+COLUMNS = (
+    "backup",
+    "volume_id",
+    "volume_name",
+    "project",
+    "size",
+    "seconds",
+    "opt_in",
+)
 GROUP_COLUMNS = (
     "group",
     "backup",
@@ -28,12 +38,25 @@ GROUP_COLUMNS = (
     "seconds",
     "status",
     "error",
+    "opt_in",
 )
 # Backup metadata is listed from this microversion on; ``name~`` from 3.34.
 LIST_MICROVERSION = "3.43"
+T = TypeVar("T")
 PROJECT_ATTR = "os-backup-project-attr:project_id"
 # Restores run long: a 1 TiB volume can take hours.
 DEFAULT_TIMEOUT = 6 * 3600
+
+
+def _parse_time(text: str | None) -> datetime.datetime | None:
+    """Cinder's created_at ('2026-11-24T03:00:01.000000', UTC)."""
+    if not text:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
 
 
 class Refused(Exception):
@@ -53,6 +76,7 @@ class _Progress:
     status: str = "restoring"  # then ok, error or timeout
     error: str = ""
     seen: str = "not looked at yet"  # what the last poll found
+    opt_in: str = ""  # what was done with the copied opt-in
 
     def row(self, group_id: str) -> tuple[object, ...]:
         backup = self.member.backup
@@ -67,10 +91,11 @@ class _Progress:
             self.seconds,
             self.status,
             self.error,
+            self.opt_in,
         )
 
 
-class Restore(Lister):
+class Restore(EscapedLister):
     """Restore a backup, to a new volume (default) or over an existing one.
 
     The new volume is created in the backup's project. Over an existing
@@ -81,11 +106,16 @@ class Restore(Lister):
     started together; an incomplete or inconsistent restore point is
     refused. Exits non-zero, changing nothing, when refused, and
     non-zero when any restore of a group failed.
+
+    Cinder copies the source volume's metadata onto a new volume, our
+    opt-in among it; it is removed from every new volume (column
+    ``opt_in`` says what), unless --keep-opt-in.
     """
 
     exit_code = 0
+    _keep_opt_in = False
 
-    def get_parser(self, prog_name):
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         source = parser.add_mutually_exclusive_group(required=True)
         source.add_argument(
@@ -115,6 +145,13 @@ class Restore(Lister):
             help="confirm overwriting the --to-volume volume",
         )
         parser.add_argument(
+            "--keep-opt-in",
+            action="store_true",
+            help="keep the cinderbak:policy (and status) keys Cinder "
+            "copies from the source onto a new volume: the restored "
+            "volume is then backed up by that policy too",
+        )
+        parser.add_argument(
             "--timeout",
             type=int,
             default=DEFAULT_TIMEOUT,
@@ -124,17 +161,17 @@ class Restore(Lister):
         )
         return parser
 
-    def run(self, parsed_args) -> int:
+    def run(self, parsed_args: argparse.Namespace) -> int:
         try:
             return super().run(parsed_args) or self.exit_code
         except Refused as exc:
             self.app.stderr.write(f"refused: {exc}\n")
             return 1
 
-    def take_action(self, parsed_args):
+    def take_action(self, parsed_args: argparse.Namespace) -> Table:
         if parsed_args.group:
             return self._restore_group(parsed_args)
-        parts = self.app.parts()
+        parts = self.parts()
         cloud = parts.cloud
         storage = cloud.service.block_storage
         found = self._find(
@@ -209,6 +246,11 @@ class Restore(Lister):
             deadline,
         )
         seconds = round(time.monotonic() - started, 1)
+        opt_in = ""
+        if target is None:
+            opt_in = self._strip_opt_in(
+                conn, volume.id, keep=parsed_args.keep_opt_in
+            )
         row = (
             backup.id,
             volume.id,
@@ -216,11 +258,28 @@ class Restore(Lister):
             backup.project_id,
             volume.size,
             seconds,
+            opt_in,
         )
         return COLUMNS, [row]
 
+    def _strip_opt_in(
+        self,
+        conn: openstack.connection.Connection,
+        volume_id: str,
+        *,
+        keep: bool,
+    ) -> str:
+        """Remove our keys Cinder copied onto a new volume; say what."""
+        cloud = self.parts().cloud
+        storage = conn.block_storage
+        metadata = cloud.call(storage.get_volume_metadata, volume_id).metadata
+        keys = restore.opt_in_keys(metadata or {})
+        if keys and not keep:
+            cloud.call(storage.delete_volume_metadata, volume_id, keys=keys)
+        return restore.opt_in_note(keys, kept=keep)
+
     @staticmethod
-    def _find(lookup, what: str):
+    def _find(lookup: Callable[[], T], what: str) -> T:
         try:
             return lookup()
         except sdk_exceptions.NotFoundException:
@@ -228,30 +287,37 @@ class Restore(Lister):
         except sdk_exceptions.DuplicateResource:
             raise Refused(f"{what} is ambiguous: give its id") from None
 
-    def _wait(self, get, resource_id, status, failures, deadline):
+    def _wait(
+        self,
+        get: Callable[[str], T],
+        resource_id: str,
+        status: str,
+        failures: tuple[str, ...],
+        deadline: float,
+    ) -> T:
         """Poll until ``status``; raise on a failure status or timeout."""
-        cloud = self.app.parts().cloud
-        interval = self.app.parts().conf.poll_interval
+        cloud = self.parts().cloud
+        interval = self.parts().conf.poll_interval
         while True:
             current = cloud.call(get, resource_id)
-            if current.status == status:
+            now = getattr(current, "status", None)
+            if now == status:
                 return current
             kind = type(current).__name__.lower()
-            if current.status in failures:
+            if now in failures:
                 raise RuntimeError(
-                    f"{kind} {resource_id} went to {current.status} "
-                    "during the restore"
+                    f"{kind} {resource_id} went to {now} during the restore"
                 )
             if time.monotonic() >= deadline:
                 raise TimeoutError(
-                    f"{kind} {resource_id} still {current.status}; "
+                    f"{kind} {resource_id} still {now}; "
                     "gave up waiting (see --timeout)"
                 )
             time.sleep(interval)
 
     # -- a restore point -------------------------------------------------
 
-    def _restore_group(self, parsed_args):
+    def _restore_group(self, parsed_args: argparse.Namespace) -> Table:
         group_id = parsed_args.group
         for option, given in (
             ("--to-volume", parsed_args.to_volume),
@@ -263,16 +329,25 @@ class Restore(Lister):
                     "a restore point is restored to a new volume named "
                     "after its source volume"
                 )
+        # What only we wrote decides membership and size; the marks on
+        # the backups (tenant-editable) only when the journal lost it.
+        recorded = self.parts().journal.restore_point(group_id)
         members = self._group_members(group_id, narrowed=True)
-        reasons = restore.group_refusals(group_id, members)
+        reasons = restore.group_refusals(group_id, members, recorded)
         if reasons:
             # The narrowed list misses a backup a tenant renamed, and a
             # cloud whose filters leave out name~ answers it with nothing:
             # look at every backup before refusing.
             members = self._group_members(group_id, narrowed=False)
-            reasons = restore.group_refusals(group_id, members)
+            reasons = restore.group_refusals(group_id, members, recorded)
         if reasons:
             raise Refused("\n  ".join(reasons))
+        if recorded is None:
+            self.app.stderr.write(
+                f"group {group_id}: the journal has no record of this "
+                "restore point; its members were taken from the backups' "
+                "marks, which agree on size, run and creation time\n"
+            )
 
         sources = {
             m.volume_id: self._volume_name(m.volume_id) for m in members
@@ -283,6 +358,7 @@ class Restore(Lister):
             self._start(member, sources[member.volume_id], now)
             for member in members
         ]
+        self._keep_opt_in = parsed_args.keep_opt_in
         self._wait_all(progress, started, started + parsed_args.timeout)
         failed = [p for p in progress if p.status != "ok"]
         if failed:
@@ -298,7 +374,7 @@ class Restore(Lister):
         self, group_id: str, *, narrowed: bool
     ) -> list[restore.GroupMember]:
         """Every backup of ours, in any project, that carries the group."""
-        deployment = self.app.parts().conf.deployment_id
+        deployment = self.parts().conf.deployment_id
         return [
             restore.GroupMember(
                 backup=restore.BackupFacts(
@@ -311,6 +387,7 @@ class Restore(Lister):
                 volume_id=item.get("volume_id") or "",
                 group_size=metadata.get(tenant.GROUP_SIZE, ""),
                 run=metadata.get(tenant.RUN, ""),
+                created_at=_parse_time(item.get("created_at")),
             )
             for item in self._all_backups(narrowed)
             if (metadata := item.get("metadata") or {}).get(tenant.GROUP)
@@ -318,20 +395,20 @@ class Restore(Lister):
             and tenant.is_ours(metadata, deployment)
         ]
 
-    def _all_backups(self, narrowed: bool) -> Iterator[dict]:
+    def _all_backups(self, narrowed: bool) -> Iterator[dict[str, Any]]:
         """Page through all projects' backups, as the API returns them.
 
         Metadata cannot be filtered server-side, so it is matched here;
         ``narrowed`` asks Cinder for names like ours only, which every
         backup a run creates has.
         """
-        cloud = self.app.parts().cloud
+        cloud = self.parts().cloud
         storage = cloud.service.block_storage
         query: dict[str, object] = {"all_tenants": 1, "limit": PAGE_SIZE}
         if narrowed:
             query["name~"] = resource_name("")
 
-        def page(marker: str | None) -> dict:
+        def page(marker: str | None) -> dict[str, Any]:
             params = query | ({"marker": marker} if marker else {})
             response = storage.get(
                 "/backups/detail",
@@ -339,7 +416,8 @@ class Restore(Lister):
                 microversion=LIST_MICROVERSION,
             )
             response.raise_for_status()
-            return response.json()
+            answer: dict[str, Any] = response.json()
+            return answer
 
         marker = None
         while True:
@@ -357,7 +435,7 @@ class Restore(Lister):
         now: datetime.datetime,
     ) -> _Progress:
         """Ask Cinder to restore one member to a new volume, once."""
-        cloud = self.app.parts().cloud
+        cloud = self.parts().cloud
         backup = member.backup
         progress = _Progress(
             member,
@@ -387,7 +465,7 @@ class Restore(Lister):
 
     def _volume_name(self, volume_id: str) -> str:
         """The source volume's name; empty if it is gone or unnamed."""
-        cloud = self.app.parts().cloud
+        cloud = self.parts().cloud
         try:
             volume = cloud.call(
                 cloud.service.block_storage.get_volume, volume_id
@@ -400,7 +478,7 @@ class Restore(Lister):
         self, progress: list[_Progress], started: float, deadline: float
     ) -> None:
         """Poll every restore under way until each is over or time is up."""
-        interval = self.app.parts().conf.poll_interval
+        interval = self.parts().conf.poll_interval
         while True:
             pending = [p for p in progress if p.status == "restoring"]
             for item in pending:
@@ -418,7 +496,7 @@ class Restore(Lister):
             time.sleep(interval)
 
     def _poll(self, item: _Progress, started: float) -> None:
-        cloud = self.app.parts().cloud
+        cloud = self.parts().cloud
         storage = item.conn.block_storage
         backup_id = item.member.backup.id
         # A failure to look is this member's failure, not everyone's.
@@ -446,3 +524,13 @@ class Restore(Lister):
         elif restore.restore_finished(volume.status, backup.status):
             item.status = "ok"
             item.seconds = round(time.monotonic() - started, 1)
+            try:
+                item.opt_in = self._strip_opt_in(
+                    item.conn, item.volume_id, keep=self._keep_opt_in
+                )
+            except Exception as exc:  # restored all the same: say so
+                item.status = "error"
+                item.error = (
+                    f"volume {item.volume_id} restored, but its copied "
+                    f"opt-in could not be removed: {exc}"
+                )

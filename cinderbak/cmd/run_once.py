@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import threading
 
 from cinderbak import recovery, service
-from cinderbak.cmd.base import PolicyLister
+from cinderbak.cmd.base import PolicyLister, Table
 from cinderbak.summary import COLUMNS
 
 
@@ -17,7 +18,7 @@ class RunOnce(PolicyLister):
 
     verb = "run"
 
-    def get_parser(self, prog_name):
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument(
             "--no-audit",
@@ -27,8 +28,8 @@ class RunOnce(PolicyLister):
         )
         return parser
 
-    def take_action(self, parsed_args):
-        parts = self.app.parts()
+    def take_action(self, parsed_args: argparse.Namespace) -> Table:
+        parts = self.parts()
         # Cron users get what the daemon gives at start-up: guests left
         # frozen thawed, interrupted runs settled, leftovers swept.
         settled = recovery.recover(parts, threading.Event())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Iterator
+
 from cinderbak import scheduler
 from cinderbak.cmd.status import _JournalLister, when
 from cinderbak.journal import Journal, RunRecord
@@ -49,7 +52,7 @@ class Runs(_JournalLister):
     """List runs, newest scheduled first: one per volume per slot, and
     one per slot of a policy (target '*') with its counts."""
 
-    def get_parser(self, prog_name):
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument(
             "--failed",
@@ -74,10 +77,12 @@ class Runs(_JournalLister):
         )
         return parser
 
-    def column_names(self, parsed_args) -> tuple[str, ...]:
+    def column_names(self, parsed_args: argparse.Namespace) -> tuple[str, ...]:
         return COLUMNS
 
-    def rows(self, store: Journal, parsed_args):
+    def rows(
+        self, store: Journal, parsed_args: argparse.Namespace
+    ) -> Iterator[tuple[object, ...]]:
         for run in store.runs(
             policy=parsed_args.policy,
             target=parsed_args.target,

@@ -6,15 +6,22 @@ it never talks to the cloud, so it answers when the cloud does not.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, cast
 
 import sqlalchemy as sa
-from cliff.lister import Lister
 from oslo_config import cfg
 
 from cinderbak import expiry, journal, policy, scheduler, verify
+from cinderbak.cmd.base import EscapedLister, Table
 from cinderbak.journal import Journal, RunRecord, StepRecord
+from cinderbak.journal.api import PolicySlot
+
+if TYPE_CHECKING:
+    from cinderbak.cmd.cli import CinderbakApp
 
 POLICY_COLUMNS = (
     "policy",
@@ -65,7 +72,7 @@ def open_journal(conf: cfg.ConfigOpts) -> Journal | None:
     return store
 
 
-def configured_policies(app) -> dict[str, policy.Policy]:
+def configured_policies(app: CinderbakApp) -> dict[str, policy.Policy]:
     """The config file's policies; on a bad one, say so and use none."""
     try:
         return policy.load_policies(app.conf)
@@ -74,18 +81,20 @@ def configured_policies(app) -> dict[str, policy.Policy]:
         return {}
 
 
-class _JournalLister(Lister):
+class _JournalLister(EscapedLister):
     """A lister over the journal; no rows when it does not exist yet."""
 
-    def column_names(self, parsed_args) -> tuple[str, ...]:
+    def column_names(self, parsed_args: argparse.Namespace) -> tuple[str, ...]:
         raise NotImplementedError
 
-    def rows(self, store: Journal, parsed_args):
+    def rows(
+        self, store: Journal, parsed_args: argparse.Namespace
+    ) -> Iterator[tuple[object, ...]]:
         raise NotImplementedError
 
-    def take_action(self, parsed_args):
+    def take_action(self, parsed_args: argparse.Namespace) -> Table:
         columns = self.column_names(parsed_args)
-        store = open_journal(self.app.conf)
+        store = open_journal(self.app_conf())
         if store is None:
             # Not the URL: it may hold the database password.
             self.app.stderr.write(
@@ -100,7 +109,9 @@ class _JournalLister(Lister):
 
 
 def schedule_of(
-    name: str, configured, now: datetime.datetime
+    name: str,
+    configured: Mapping[str, policy.Policy],
+    now: datetime.datetime,
 ) -> tuple[str, datetime.datetime | None]:
     """The schedule text and next time of a row: a policy's backups, its
     verification passes (``verify:P``) or its expiry (``expire:P``)."""
@@ -130,7 +141,7 @@ class Status(_JournalLister):
     result of its last run.
     """
 
-    def get_parser(self, prog_name):
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument(
             "--volumes",
@@ -144,11 +155,13 @@ class Status(_JournalLister):
         )
         return parser
 
-    def column_names(self, parsed_args) -> tuple[str, ...]:
+    def column_names(self, parsed_args: argparse.Namespace) -> tuple[str, ...]:
         return VOLUME_COLUMNS if parsed_args.volumes else POLICY_COLUMNS
 
-    def rows(self, store: Journal, parsed_args):
-        configured = configured_policies(self.app)
+    def rows(
+        self, store: Journal, parsed_args: argparse.Namespace
+    ) -> Iterator[tuple[object, ...]]:
+        configured = configured_policies(cast("CinderbakApp", self.app))
         slots = store.last_run_per_policy()
         verifying = {
             verify.RUN_PREFIX + name
@@ -172,8 +185,18 @@ class Status(_JournalLister):
                 store, name, configured, slots.get(name), in_flight, now
             )
 
-    def _policy_row(self, store, name, configured, slot, in_flight, now):
+    def _policy_row(
+        self,
+        store: Journal,
+        name: str,
+        configured: Mapping[str, policy.Policy],
+        slot: PolicySlot | None,
+        in_flight: Mapping[str, int],
+        now: datetime.datetime,
+    ) -> tuple[object, ...]:
         last = store.runs(policy=name, target=scheduler.POLICY_TARGET, limit=1)
+        last_slot: datetime.datetime | None
+        finished: datetime.datetime | None
         if last:
             state = str(last[0].state)
             summary = scheduler.summary_text(last[0].summary)
@@ -201,16 +224,18 @@ class Status(_JournalLister):
             len(store.last_backup_per_target(policy=name)),
         )
 
-    def _volume_rows(self, store: Journal, name: str):
+    def _volume_rows(
+        self, store: Journal, name: str
+    ) -> Iterator[tuple[object, ...]]:
         backups = store.last_backup_per_target(policy=name)
         latest: dict[str, RunRecord] = {}
         window = 4 * len(backups) + 200
         for run in store.runs(policy=name, limit=window):
             if run.target != scheduler.POLICY_TARGET:
                 latest.setdefault(run.target, run)
-        for volume_id, step in backups.items():
+        for volume_id, made in backups.items():
             if volume_id not in latest:
-                latest[volume_id] = store.get_run(step.run_id)
+                latest[volume_id] = store.get_run(made.run_id)
         for volume_id in sorted(latest):
             run = latest[volume_id]
             step = backups.get(volume_id)

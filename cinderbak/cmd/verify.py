@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 
 from cinderbak import expiry, verify
-from cinderbak.cmd.base import PolicyLister
+from cinderbak.cmd.base import PolicyLister, Table
 
 
 class Verify(PolicyLister):
@@ -21,7 +22,7 @@ class Verify(PolicyLister):
 
     verb = "verify"
 
-    def get_parser(self, prog_name):
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument(
             "backup",
@@ -31,8 +32,8 @@ class Verify(PolicyLister):
         )
         return parser
 
-    def take_action(self, parsed_args):
-        parts = self.app.parts()
+    def take_action(self, parsed_args: argparse.Namespace) -> Table:
+        parts = self.parts()
         now = datetime.datetime.now(datetime.UTC)
         try:
             if parsed_args.backup:

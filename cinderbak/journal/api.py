@@ -823,11 +823,80 @@ class Journal:
                     step.target.in_(wanted[start : start + _IN_BATCH]),
                 )
                 for volume_id, backup_id in s.execute(query):
-                    found.setdefault(volume_id, set()).add(backup_id)
+                    found.setdefault(volume_id, set()).add(str(backup_id))
+        return found
+
+    def last_final_runs(
+        self, policy: str, targets: Iterable[str]
+    ) -> dict[str, RunRecord]:
+        """For each target, the newest finished run of ``policy`` (e.g.
+        when each backup was last verified, as we recorded it)."""
+        run = models.Run
+        wanted = sorted(set(targets))
+        found: dict[str, RunRecord] = {}
+        with self._read() as s:
+            for start in range(0, len(wanted), _IN_BATCH):
+                query = (
+                    sa.select(run)
+                    .where(
+                        run.policy == policy,
+                        run.target.in_(wanted[start : start + _IN_BATCH]),
+                        run.state.in_(FINAL_RUN_STATES),
+                        run.finished_at.is_not(None),
+                    )
+                    .order_by(run.finished_at)
+                )
+                for row in s.scalars(query):
+                    found[row.target] = _run_record(row)
+        return found
+
+    def has_runs(self, policy: str) -> bool:
+        """Whether any run of ``policy`` is recorded, of any host: tells
+        a journal that never saw a policy from one that was lost."""
+        query = sa.select(models.Run.id).where(models.Run.policy == policy)
+        with self._read() as s:
+            return s.execute(query.limit(1)).first() is not None
+
+    def restore_point(self, group_id: str) -> dict[str, str | None] | None:
+        """The restore point one freeze made, as we recorded it: each
+        volume the freeze covered mapped to the backup made of it in that
+        slot (None when none was recorded done). None when no freeze of
+        ``group_id`` is recorded (pruned, lost, or not ours)."""
+        step, run = models.Step, models.Run
+        freeze = (
+            sa.select(step.details, run.policy, run.scheduled_at)
+            .join(run, step.run_id == run.id)
+            .where(
+                step.kind == StepKind.FREEZE,
+                step.details["group"].as_string() == group_id,
+            )
+            .limit(1)
+        )
+        with self._read() as s:
+            row = s.execute(freeze).first()
+            if row is None:
+                return None
+            details, policy, scheduled_at = row
+            volumes = [str(v) for v in (details or {}).get("volumes") or ()]
+            found: dict[str, str | None] = dict.fromkeys(volumes)
+            made = (
+                sa.select(step.target, step.resource_id)
+                .join(run, step.run_id == run.id)
+                .where(
+                    run.policy == policy,
+                    run.scheduled_at == scheduled_at,
+                    step.kind == StepKind.BACKUP_CREATE,
+                    step.state == StepState.DONE,
+                    step.target.in_(volumes),
+                )
+            )
+            for volume_id, backup_id in s.execute(made):
+                if backup_id:
+                    found[volume_id] = backup_id
         return found
 
     def _steps(
-        self, query: sa.Select[tuple[models.Step]], any_host: bool
+        self, query: sa.Select[Any], any_host: bool
     ) -> list[StepRecord]:
         if not any_host:
             query = query.join(models.Run).where(models.Run.host == self.host)

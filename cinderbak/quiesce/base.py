@@ -16,6 +16,7 @@ import abc
 import dataclasses
 import enum
 from collections.abc import Set
+from typing import cast
 
 from oslo_config import cfg
 from stevedore import driver as sd_driver
@@ -228,12 +229,13 @@ def load_quiescer(
     instantiated, so no connection is opened for nothing).
     """
     try:
-        manager = sd_driver.DriverManager(
-            NAMESPACE, name, invoke_on_load=False
+        manager: sd_driver.DriverManager[type[Quiescer]] = (
+            sd_driver.DriverManager(NAMESPACE, name, invoke_on_load=False)
         )
     except sd_exception.NoMatches:
         raise QuiescerNotFound(name, _installed()) from None
-    cls = manager.driver
+    # invoke_on_load=False: the driver is the plugin class itself.
+    cls = cast(type[Quiescer], manager.driver)
     missing = frozenset(required) - frozenset(cls.CAPABILITIES)
     if missing:
         raise MissingCapability(name, missing)
@@ -241,5 +243,7 @@ def load_quiescer(
 
 
 def _installed() -> frozenset[str]:
-    manager = sd_extension.ExtensionManager(NAMESPACE, invoke_on_load=False)
+    manager: sd_extension.ExtensionManager[type[Quiescer]] = (
+        sd_extension.ExtensionManager(NAMESPACE, invoke_on_load=False)
+    )
     return frozenset(manager.names())

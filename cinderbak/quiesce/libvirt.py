@@ -258,7 +258,7 @@ class LibvirtQuiescer(Quiescer):
     def freeze(self, server: ServerRef) -> int:
         def op(dom: libvirt.virDomain) -> int:
             self._set_agent_timeout(server, dom)
-            return dom.fsFreeze()
+            return int(dom.fsFreeze())
 
         frozen = self._call(server, op)
         LOG.debug("froze %d filesystems of %s", frozen, server)
@@ -267,7 +267,7 @@ class LibvirtQuiescer(Quiescer):
     def thaw(self, server: ServerRef) -> int:
         def op(dom: libvirt.virDomain) -> int:
             self._set_agent_timeout(server, dom)
-            return dom.fsThaw()
+            return int(dom.fsThaw())
 
         thawed = self._call(server, op)
         LOG.debug("thawed %d filesystems of %s", thawed, server)
@@ -407,14 +407,14 @@ def _open_bounded(uri: str, timeout: float) -> libvirt.virConnect:
         raise
 
 
-def _close_late(future: concurrent.futures.Future) -> None:
+def _close_late(future: concurrent.futures.Future[libvirt.virConnect]) -> None:
     if future.exception() is None:
         _close_quietly(future.result())
 
 
 def _is_alive(conn: libvirt.virConnect) -> bool:
     try:
-        return conn.isAlive() == 1
+        return bool(conn.isAlive() == 1)
     except libvirt.libvirtError:
         return False
 
@@ -426,7 +426,7 @@ def _close_quietly(conn: libvirt.virConnect) -> None:
         LOG.debug("closing a dead libvirt connection: %s", exc)
 
 
-def _log_libvirt_error(_ctx: object, err: tuple) -> None:
+def _log_libvirt_error(_ctx: object, err: tuple[object, ...]) -> None:
     # libvirt's default handler prints every error to stderr, including
     # the ones we expect and handle; they reach the log through our errors.
     pass

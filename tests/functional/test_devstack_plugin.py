@@ -23,7 +23,7 @@ import pytest
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
-from cinderbak import opts, policy
+from cinderbak import config_check, opts, policy
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "devstack" / "plugin.sh"
@@ -309,6 +309,11 @@ def test_every_written_option_is_a_cinderbak_option(tree):
                 continue
             group = conf if section == "DEFAULT" else conf[section]
             assert key in group, f"[{section}] {key} is not an option"
+    # The daemon's own start-up check finds nothing either (the Ceph
+    # files are the plugin's to create: only the options are checked).
+    sections = config_check.read_files([str(tree.conf_path)])
+    schema = config_check.load_schema(sections)
+    assert config_check.check(sections, schema) == []
 
 
 def test_post_config_with_ceph_creates_read_only_client(tree):

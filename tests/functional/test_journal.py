@@ -43,6 +43,7 @@ from cinderbak.journal.migrations import VERSION_TABLE
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
+HOUR = datetime.timedelta(hours=1)
 REPO = Path(__file__).resolve().parents[2]
 PG_URL = os.environ.get("JOURNAL_TEST_PG_URL")
 
@@ -897,3 +898,50 @@ def test_prune_works_through_a_large_backlog(url, clock):
         assert jr.runs() == []
     finally:
         jr.close()
+
+
+# -- what only we wrote: restore points and verifications ---------------
+
+
+def test_restore_point_is_the_freeze_and_the_backups_of_its_slot(journal):
+    group = str(uuid.uuid4())
+    runs = {v: _running(journal, v) for v in ("vol-1", "vol-2", "vol-3")}
+    freeze = journal.begin_step(
+        runs["vol-1"],
+        StepKind.FREEZE,
+        target="srv-1",
+        details={"group": group, "volumes": ["vol-1", "vol-2"]},
+    )
+    journal.complete_step(freeze, details={"thawed": True})
+    for volume, backup in (("vol-1", "bk-1"), ("vol-3", "bk-3")):
+        step = journal.begin_step(
+            runs[volume], StepKind.BACKUP_CREATE, target=volume
+        )
+        journal.complete_step(step, resource_id=backup)
+    # The same volume's backup in another slot is not of this point.
+    other = _running(journal, "vol-2", scheduled_at=T0 + HOUR)
+    step = journal.begin_step(other, StepKind.BACKUP_CREATE, target="vol-2")
+    journal.complete_step(step, resource_id="bk-later")
+
+    assert journal.restore_point(group) == {"vol-1": "bk-1", "vol-2": None}
+    assert journal.restore_point(str(uuid.uuid4())) is None
+
+
+def test_last_final_runs_and_has_runs_tell_recorded_from_lost(journal, clock):
+    assert not journal.has_runs("verify:daily")
+    for target, state in (("bk-1", RunState.SUCCEEDED), ("bk-2", None)):
+        run = _running(journal, target, policy="verify:daily")
+        if state:
+            journal.finish_run(run, state, {"result": "ok"})
+    clock.advance(hours=1)
+    later = journal.begin_run(
+        "verify:daily", "bk-1", T0 + HOUR, project_id="proj"
+    )
+    journal.start_run(later.id)
+    journal.finish_run(later.id, RunState.FAILED, {"result": "failed"})
+
+    found = journal.last_final_runs("verify:daily", ["bk-1", "bk-2", "x"])
+    assert list(found) == ["bk-1"]
+    assert found["bk-1"].summary == {"result": "failed"}
+    assert journal.has_runs("verify:daily")
+    assert not journal.has_runs("verify:weekly")

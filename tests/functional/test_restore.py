@@ -116,3 +116,41 @@ def test_restore_to_new_and_over_existing_volume_refusing_unsafe_targets(
     assert alice.block_storage.get_volume(target.id).status == "available"
     assert localstack.read_volume_md5(stack, target.id) == expected
     assert alice.block_storage.get_backup(backup.id).status == "available"
+
+
+def test_a_restored_volume_is_not_opted_in_unless_asked(
+    alice, make_volume, cinderbak_config, cleanup
+):
+    cinderbak = cinderbak_config("")
+    opted_in = {
+        "cinderbak:policy": f"gone-{uuid.uuid4().hex[:8]}",
+        "cinderbak:last_status": "error: stale",
+        "cinderbak:last_backup": "b0 2026-01-01T00:00:00Z",
+        "app": "db",
+    }
+    source = make_volume(alice, metadata=opted_in)
+    backup = alice.block_storage.create_backup(
+        volume_id=source.id, name="ft-restore-optin"
+    )
+    cleanup.add("backup", backup.id)
+    _wait_backup(alice, backup.id)
+
+    (row,) = cinderbak.run("restore", backup.id)
+    assert cinderbak.last_returncode == 0, cinderbak.last_stderr
+    cleanup.add("volume", row["volume_id"])
+    assert row["opt_in"] == (
+        "removed cinderbak:last_backup, cinderbak:last_status, "
+        "cinderbak:policy"
+    )
+    metadata = alice.block_storage.get_volume(row["volume_id"]).metadata
+    # Cinder adds src_backup_id; the tenant's own keys stay.
+    assert metadata == {"app": "db", "src_backup_id": backup.id}
+
+    # Asked to keep them, it does: Cinder really copies them.
+    (row,) = cinderbak.run("restore", backup.id, "--keep-opt-in")
+    assert cinderbak.last_returncode == 0, cinderbak.last_stderr
+    cleanup.add("volume", row["volume_id"])
+    assert row["opt_in"].startswith("kept cinderbak:last_backup, ")
+    assert row["opt_in"].endswith(" (--keep-opt-in)")
+    metadata = alice.block_storage.get_volume(row["volume_id"]).metadata
+    assert metadata == opted_in | {"src_backup_id": backup.id}

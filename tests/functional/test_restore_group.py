@@ -14,7 +14,11 @@ import uuid
 
 from tests import localstack
 from tests.functional.test_consistency import TEST_DOMAIN
-from tests.functional.test_run_once import _pattern, attach_to_server
+from tests.functional.test_run_once import (
+    _pattern,
+    _wait_backup,
+    attach_to_server,
+)
 
 MIB = 1024 * 1024
 
@@ -97,12 +101,40 @@ def test_restore_point_restored_whole_and_refused_when_incomplete(
         assert row["volume_name"].startswith(f"{names[source]}-restored-")
         restored = alice.block_storage.get_volume(row["volume_id"])
         assert restored.status == "available"
+        # Cinder copied the source's opt-in; the restore removed it.
+        assert row["opt_in"].startswith("removed cinderbak:"), row
+        assert "cinderbak:policy" in row["opt_in"]
+        assert not [k for k in restored.metadata if k.startswith("cinderbak")]
         assert (
             localstack.read_volume_md5(stack, restored.id)
             == (expected[source])
         )
     # Restored together: one time in both names.
     assert len({row["volume_name"][-14:] for row in rows}) == 1
+
+    # The tenant forges a third member: its own backup with every mark
+    # copied, the size raised to 3. The marks agree; the journal, which
+    # recorded the freeze, refuses it.
+    genuine = next(iter(backups.values())).metadata
+    third = make_volume(alice)
+    forged = alice.block_storage.create_backup(
+        volume_id=third.id,
+        name=backups[sources[0].id].name,
+        metadata=dict(genuine) | {"cinderbak:group_size": "3"},
+    )
+    cleanup.add("backup", forged.id)
+    _wait_backup(alice, forged.id)
+    before = _restored_volumes(alice, sources)
+    assert cinderbak.run("restore", "--group", group) == []
+    assert cinderbak.last_returncode != 0
+    assert (
+        f"refused: group {group}: backup {forged.id} of volume {third.id} "
+        "carries the group's mark, but the journal records no such backup "
+        "of this restore point"
+    ) in cinderbak.last_stderr
+    assert _restored_volumes(alice, sources) == before
+    alice.block_storage.delete_backup(forged.id)
+    alice.block_storage.wait_for_delete(forged, wait=300)
 
     # One backup of the restore point gone: refused as incomplete.
     gone, kept = sources
@@ -116,9 +148,11 @@ def test_restore_point_restored_whole_and_refused_when_incomplete(
     assert cinderbak.last_returncode != 0, rows
     assert rows == []
     kept_backup = backups[kept.id].id
+    # Its size and members come from the journal, not the marks.
     assert (
-        f"refused: group {group} is incomplete: found 1 of 2 backups "
-        f"(backup {kept_backup} of volume {kept.id})"
+        f"refused: group {group} is incomplete: the journal records 2 "
+        f"volumes in its freeze, missing volume {gone.id} (backup "
+        f"{backups[gone.id].id})"
     ) in cinderbak.last_stderr
     assert _restored_volumes(alice, sources) == before
     assert alice.block_storage.get_backup(kept_backup).status == "available"

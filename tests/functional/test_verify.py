@@ -250,3 +250,77 @@ def test_daemon_verifies_on_its_schedule_and_exports_metrics(
         assert daemon.stop() == 0
     finally:
         daemons.kill_all()
+
+
+def test_a_tenants_forged_checksum_is_trusted_only_after_journal_loss(
+    alice, backed_up, tmp_path
+):
+    made = backed_up("volume", [(0, _pattern("forged", 8 * MIB))])
+    cinderbak, backup_id = made.cinderbak, made.backup_id
+    marks = alice.block_storage.get_backup(backup_id).metadata
+    algorithm, size, digest = marks["cinderbak:checksum"].split(":")
+    forged = f"{algorithm}:{size}:{'0' * len(digest)}"
+    # The tenant owns the backup (project mode) and rewrites the mark.
+    alice.block_storage.put(
+        f"/backups/{backup_id}",
+        json={"backup": {"metadata": marks | {"cinderbak:checksum": forged}}},
+        microversion="3.43",
+    ).raise_for_status()
+
+    # The journal recorded the real checksum: the forgery changes nothing.
+    (row,) = cinderbak.run("verify", backup_id)
+    assert cinderbak.last_returncode == 0, cinderbak.last_stderr
+    assert (row["result"], row["content"]) == ("ok", "match"), row
+
+    # Journal lost: only the mark is left, and the verdict says so; a
+    # mismatch against an unbacked mark warns, it does not fail.
+    (tmp_path / "journal.sqlite").unlink()
+    (row,) = cinderbak.run("verify", backup_id)
+    assert cinderbak.last_returncode == 0, cinderbak.last_stderr
+    assert (row["result"], row["content"]) == ("warning", "MISMATCH"), row
+    assert "which the journal does not back" in row["problems"], row
+    assert "VERIFICATION FAILED" not in cinderbak.last_stderr
+
+
+def test_the_sample_follows_the_journal_not_a_tenants_verified_mark(
+    stack, alice, make_volume, cinderbak_config, tmp_path
+):
+    name = f"vs-{uuid.uuid4().hex[:8]}"
+    cinderbak = cinderbak_config(_policy(stack, tmp_path, name, "volume"))
+    volumes = [
+        make_volume(alice, metadata={"cinderbak:policy": name})
+        for _ in range(2)
+    ]
+    for number, volume in enumerate(volumes):
+        localstack.write_volume(
+            stack, volume.id, 0, _pattern(f"s{number}", 4 * MIB)
+        )
+    rows = cinderbak.run(
+        "run-once", "--policy", name, "--no-audit", check=True
+    )
+    backups = {row["backup_id"] for row in rows}
+    assert len(backups) == 2, rows
+
+    (first,) = cinderbak.run("verify", "--policy", name)
+    assert first["result"] == "ok", first
+    (other,) = backups - {first["backup_id"]}
+    # The tenant marks its other backup as verified tomorrow, so that a
+    # choice by the marks would keep re-verifying the first one.
+    marks = alice.block_storage.get_backup(other).metadata
+    tomorrow = time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 86400)
+    )
+    alice.block_storage.put(
+        f"/backups/{other}",
+        json={
+            "backup": {
+                "metadata": marks
+                | {"cinderbak:verified": f"ok {tomorrow} content=match"}
+            }
+        },
+        microversion="3.43",
+    ).raise_for_status()
+
+    (second,) = cinderbak.run("verify", "--policy", name)
+    assert cinderbak.last_returncode == 0, cinderbak.last_stderr
+    assert second["backup_id"] == other, (first, second)

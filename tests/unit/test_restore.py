@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 
+from cinderbak import restore
 from cinderbak.restore import (
     BackupFacts,
     GroupMember,
@@ -260,3 +261,86 @@ def test_restore_failure_names_the_resource_and_status():
     assert restore_failure("v", "creating", "b", "error") == (
         "backup b went to error during the restore"
     )
+
+
+def test_a_restore_strips_our_volume_keys_in_any_spelling():
+    copied = {
+        "cinderbak:policy": "daily",
+        "cinderbak:quiesce": "off",
+        "cinderbak:last_status": "ok",
+        "cinderbak:last_backup": "b1 2026-01-01T00:00:00Z",
+        "CinderBak:policy": "weekly",
+        "app": "db",
+        "cinderbak-notes": "tenant's own",
+    }
+    assert restore.opt_in_keys(copied) == [
+        "CinderBak:policy",
+        "cinderbak:last_backup",
+        "cinderbak:last_status",
+        "cinderbak:policy",
+        "cinderbak:quiesce",
+    ]
+    assert restore.opt_in_keys({"app": "db"}) == []
+
+
+def test_the_output_says_what_happened_to_the_opt_in():
+    keys = ["cinderbak:last_status", "cinderbak:policy"]
+    assert restore.opt_in_note(keys, kept=False) == (
+        "removed cinderbak:last_status, cinderbak:policy"
+    )
+    assert restore.opt_in_note(keys, kept=True) == (
+        "kept cinderbak:last_status, cinderbak:policy (--keep-opt-in)"
+    )
+    assert restore.opt_in_note([], kept=False) == "none copied"
+
+
+# -- the journal, not the marks, says who belongs ------------------------
+
+RECORDED = {"v1": "b1", "v2": "b2"}
+
+
+def test_a_recorded_restore_point_is_restored_whatever_its_size_marks():
+    # A tenant rewrote both size marks: the journal's two volumes count.
+    edited = [
+        dataclasses.replace(m, group_size="1", run="forged") for m in PAIR
+    ]
+    assert group_refusals(GROUP, edited, RECORDED) == []
+
+
+def test_a_forged_member_with_consistent_marks_is_refused_by_the_journal():
+    forged = _member("b9", "v9", group_size="3")
+    marks_only = [dataclasses.replace(m, group_size="3") for m in PAIR]
+    # The marks alone would call it a complete three-volume point.
+    assert group_refusals(GROUP, [*marks_only, forged]) == []
+    (reason,) = group_refusals(GROUP, [*marks_only, forged], RECORDED)
+    assert reason.startswith(
+        "group g-1: backup b9 of volume v9 carries the group's mark, but "
+        "the journal records no such backup of this restore point"
+    )
+    assert "a forged or copied mark" in reason
+
+
+def test_a_member_the_journal_made_but_cinder_lacks_is_incomplete():
+    (reason,) = group_refusals(GROUP, [PAIR[0]], RECORDED)
+    assert reason.startswith(
+        "group g-1 is incomplete: the journal records 2 volumes in its "
+        "freeze, missing volume v2 (backup b2)"
+    )
+    unfinished = {"v1": "b1", "v2": None}
+    (reason,) = group_refusals(GROUP, [PAIR[0]], unfinished)
+    assert "missing volume v2 (no backup made)" in reason
+
+
+def test_without_the_journal_members_must_be_created_close_together():
+    t0 = datetime.datetime(2024, 5, 6, 7, 0, tzinfo=datetime.UTC)
+    close = [
+        dataclasses.replace(m, created_at=t0 + datetime.timedelta(minutes=i))
+        for i, m in enumerate(PAIR)
+    ]
+    assert group_refusals(GROUP, close) == []
+    late = dataclasses.replace(
+        close[1], created_at=t0 + datetime.timedelta(days=2)
+    )
+    (reason,) = group_refusals(GROUP, [close[0], late])
+    assert reason.startswith("group g-1: backups were created 2 days, 0:00")
+    assert "the journal has no record of this restore point" in reason

@@ -103,3 +103,73 @@ def test_status_text_fits_cinders_255_characters():
     assert tenant.status_text(None) == "ok"
     long = tenant.status_text("x" * 400)
     assert len(long) == 255 and long.startswith("error: x")
+
+
+# -- whitespace and case: reported per volume, never ignored --------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["daily ", " daily", "daily\t", "daily\n", "daily\xa0", "da\u200bily"],
+)
+def test_policy_value_must_be_exact_and_says_what_was_meant(value):
+    with pytest.raises(MetadataError) as err:
+        tenant.parse_volume_metadata(
+            VOL, {"cinderbak:policy": value}, POLICIES
+        )
+    message = str(err.value)
+    assert message.startswith(
+        f"volume {VOL}: metadata cinderbak:policy={value!r} is invalid; "
+        "expected exactly a policy name ('daily'), without surrounding "
+        "whitespace or invisible characters"
+    )
+    assert "policies: daily, weekly" in message
+
+
+def test_unknown_policy_with_whitespace_gets_no_guess():
+    with pytest.raises(MetadataError) as err:
+        tenant.parse_volume_metadata(
+            VOL, {"cinderbak:policy": " nightly "}, POLICIES
+        )
+    assert "exactly a policy name, without" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "CinderBak:policy",
+        "CINDERBAK:POLICY",
+        " cinderbak:policy",
+        "cinderbak:policy ",
+        "cinderbak: policy",
+        "cinderbak:policy\xa0",
+        "Cinderbak:Quiesce",
+    ],
+)
+def test_key_spelled_another_way_is_reported_with_the_exact_key(key):
+    canonical = "".join(key.split()).lower()
+    with pytest.raises(MetadataError) as err:
+        tenant.parse_volume_metadata(VOL, {key: "daily"}, POLICIES)
+    assert err.value.key == key
+    message = str(err.value)
+    assert f"expected the key written exactly {canonical!r}" in message
+    # Spaces in the key are visible in the message.
+    shown = key if key == key.strip() and key.isprintable() else repr(key)
+    assert f"metadata {shown}='daily'" in message
+
+
+def test_a_variant_next_to_a_valid_opt_in_is_still_reported():
+    with pytest.raises(MetadataError) as err:
+        tenant.parse_volume_metadata(
+            VOL,
+            {"cinderbak:policy": "daily", "CinderBak:quiesce": "off"},
+            POLICIES,
+        )
+    assert err.value.key == "CinderBak:quiesce"
+
+
+def test_only_keys_that_look_like_ours_bring_a_volume_to_the_audit():
+    assert tenant.mentions_us({" CinderBak:policy": "daily"})
+    assert tenant.mentions_us({"cinderbak:polcy": "daily"})
+    assert not tenant.mentions_us({"backup": "cinderbak:daily"})
+    assert not tenant.mentions_us({})

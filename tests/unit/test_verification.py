@@ -163,3 +163,37 @@ def test_verified_mark_round_trip_and_length():
     assert v.parse_verified(mark) == v.LastVerified("failed", T0)
     assert v.parse_verified("garbage") is None
     assert v.parse_verified("ok yesterday") is None
+
+
+def test_a_checksum_only_the_mark_vouches_for_cannot_fail_the_backup():
+    matched = judge(trusted=False)
+    assert matched.result is v.Result.WARNING
+    assert matched.content is v.Content.MATCH
+    assert (
+        "cinderbak:checksum mark, which the journal does not back"
+        in (matched.problems[0])
+    )
+    differs = judge(trusted=False, restored_hexdigest="cd" * 32)
+    assert (differs.result, differs.content) == (
+        v.Result.WARNING,
+        v.Content.MISMATCH,
+    )
+    # A damaged filesystem still fails it.
+    assert judge(trusted=False, filesystem="errors").result is v.Result.FAILED
+
+
+def test_the_sample_order_comes_from_the_journal_not_the_marks():
+    ids = ["b1", "b2", "b3"]
+    recorded = {"b1": v.LastVerified("ok", T0)}
+    # b2's tenant marked it verified just now; the journal never did it.
+    marks = {"b2": f"ok {T0 + datetime.timedelta(days=9):%Y-%m-%dT%H:%M:%SZ}"}
+    last = v.last_verifications(
+        ids, recorded, marks, journal_knows_policy=True
+    )
+    assert last == {"b1": recorded["b1"], "b2": None, "b3": None}
+    # After journal loss the marks are the fallback.
+    fallback = v.last_verifications(ids, {}, marks, journal_knows_policy=False)
+    assert fallback["b2"] == v.LastVerified(
+        "ok", T0 + datetime.timedelta(days=9)
+    )
+    assert fallback["b1"] is None

@@ -1,0 +1,40 @@
+"""Tenant strings made safe to show an operator.
+
+Volume names, metadata values and policy names come from tenants. Written
+raw to a terminal, a control character or an ANSI escape sequence can
+recolour the screen, rename the window, erase the line before it or fake
+a log line; a right-to-left override can reverse what follows. Every
+table, log line and prompt shows such text through :func:`escape`, which
+spells each character that is not printable as a Python escape
+(``\\x1b``, ``\\n``, ``\\u202e``) and leaves everything else, accents and
+scripts included, as written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def escape(value: object) -> str:
+    """Given any value, return its text with unprintable characters
+    escaped; printable text comes back unchanged."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode()
+        for ch in text
+    )
+
+
+def escape_cell(value: object) -> object:
+    """A table cell: strings escaped, numbers and None kept for the
+    formatters (JSON keeps its types)."""
+    return escape(value) if isinstance(value, str) else value
+
+
+def escape_rows(
+    rows: Iterable[Iterable[object]],
+) -> list[tuple[object, ...]]:
+    """Every cell of a table escaped (see :func:`escape_cell`)."""
+    return [tuple(escape_cell(cell) for cell in row) for row in rows]
