@@ -527,18 +527,23 @@ def _known_groups() -> list[tuple[str, list[cfg.Opt]]]:
     return [(g, list(opts.values())) for g, opts in schema.groups.items()]
 
 
-def validate(conf: cfg.ConfigOpts, *, reach: bool = True) -> list[Problem]:
+def validate(
+    conf: cfg.ConfigOpts, *, reach: bool = True, reach_cloud: bool = True
+) -> list[Problem]:
     """Check the files ``conf`` was parsed from; with ``reach``, also what
-    they point at. Return every problem found."""
+    they point at (the cloud only with ``reach_cloud``: a caller that
+    connects next reports that failure itself). Return every problem."""
     raw = read_files(config_files(conf))
     problems = check(raw, load_schema(raw))
     if reach:
-        problems += check_environment(conf)
+        problems += check_environment(conf, cloud=reach_cloud)
     return problems
 
 
-def check_environment(conf: cfg.ConfigOpts) -> list[Problem]:
+def check_environment(
+    conf: cfg.ConfigOpts, *, cloud: bool = True
+) -> list[Problem]:
     """Reach what the configuration points at; return what fails."""
     from cinderbak import env_check
 
-    return env_check.run(conf)
+    return env_check.run(conf, cloud=cloud)

@@ -126,67 +126,85 @@ def check_cloud(conf: cfg.ConfigOpts) -> list[Problem]:
     Retries are turned off for the probe: an unreachable Keystone is
     reported at once, and systemd retries the whole start.
     """
+    from cinderbak import cloud
+
+    missing = credentials_problem(conf)
+    if missing:
+        return missing
+    conf.set_override("api_retries", 0, group="cloud")
+    connection = None
+    try:
+        connection = cloud.Cloud(conf)
+        connection.check_microversion()
+    except Exception as exc:  # keystoneauth and the SDK wrap each other
+        return cloud_failure(conf, exc)
+    finally:
+        conf.clear_override("api_retries", group="cloud")
+        if connection is not None:
+            connection.close()
+    return []
+
+
+def credentials_problem(conf: cfg.ConfigOpts) -> list[Problem]:
+    """No cloud named and no keystoneauth options: nothing to connect as."""
+    from cinderbak import cloud
+
+    if conf.cloud.cloud or conf[cloud.AUTH_GROUP].auth_type:
+        return []
+    return [
+        Problem(
+            "cloud",
+            "cloud",
+            "no credentials; expected the name of a cloud in "
+            f"clouds.yaml, or keystoneauth options in [{cloud.AUTH_GROUP}]"
+            " (auth_type = password, auth_url, username, ...)",
+        )
+    ]
+
+
+def cloud_failure(conf: cfg.ConfigOpts, exc: BaseException) -> list[Problem]:
+    """Say, as one problem, why connecting to the cloud failed. The probe
+    above and the CLI's own connection (the probe there, so that a command
+    never connects twice) share it."""
     from keystoneauth1 import exceptions as ks_exceptions
     from openstack import exceptions as sdk_exceptions
 
     from cinderbak import cloud
 
     name = conf.cloud.cloud
-    if not name and not conf[cloud.AUTH_GROUP].auth_type:
+    where = ("cloud", "cloud") if name else (cloud.AUTH_GROUP, "auth_url")
+    if isinstance(exc, sdk_exceptions.ConfigException):
+        return [Problem(*where, f"{_first_line(exc)}; {_known_clouds()}")]
+    if isinstance(exc, cloud.CloudTooOld):
+        return [Problem(*where, _first_line(exc), transient=True)]
+    cause = _root(exc)
+    if cloud._is_auth_refusal(exc):
         return [
             Problem(
-                "cloud",
-                "cloud",
-                "no credentials; expected the name of a cloud in "
-                f"clouds.yaml, or keystoneauth options in [{cloud.AUTH_GROUP}]"
-                " (auth_type = password, auth_url, username, ...)",
+                where[0],
+                "cloud" if name else "password",
+                f"Keystone refused the credentials "
+                f"({_first_line(cause)}); expected the service user's "
+                "valid name, password, domain and project",
             )
         ]
-    where = ("cloud", "cloud") if name else (cloud.AUTH_GROUP, "auth_url")
-    conf.set_override("api_retries", 0, group="cloud")
-    connection = None
-    try:
-        connection = cloud.Cloud(conf)
-        connection.check_microversion()
-    except sdk_exceptions.ConfigException as exc:
-        return [Problem(*where, f"{_first_line(exc)}; {_known_clouds()}")]
-    except cloud.CloudTooOld as exc:
-        return [Problem(*where, _first_line(exc), transient=True)]
-    except Exception as exc:  # keystoneauth and the SDK wrap each other
-        cause = _root(exc)
-        if cloud._is_auth_refusal(exc):
-            option = "cloud" if name else "password"
-            return [
-                Problem(
-                    where[0],
-                    option,
-                    f"Keystone refused the credentials "
-                    f"({_first_line(cause)}); expected the service user's "
-                    "valid name, password, domain and project",
-                )
-            ]
-        unreachable = (
-            ks_exceptions.ConnectFailure,
-            ks_exceptions.DiscoveryFailure,
-            sdk_exceptions.HttpException,
-            ConnectionError,
-            TimeoutError,
-        )
-        if any(isinstance(e, unreachable) for e in _chain(exc)):
-            return [
-                Problem(
-                    *where,
-                    f"cannot reach the cloud ({_first_line(cause)}); "
-                    "expected a reachable Keystone and Cinder",
-                    transient=True,
-                )
-            ]
-        return [Problem(*where, f"cannot connect ({_first_line(cause)})")]
-    finally:
-        conf.clear_override("api_retries", group="cloud")
-        if connection is not None:
-            connection.close()
-    return []
+    unreachable = (
+        ks_exceptions.ConnectFailure,
+        ks_exceptions.DiscoveryFailure,
+        sdk_exceptions.HttpException,
+        ConnectionError,
+        TimeoutError,
+    )
+    if any(isinstance(e, unreachable) for e in _chain(exc)):
+        return [
+            Problem(
+                *where,
+                f"cannot reach the cloud ({_first_line(cause)}); "
+                "expected a reachable Keystone and Cinder",
+                transient=True,
+            )
+        ]
+    return [Problem(*where, f"cannot connect ({_first_line(cause)})")]
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -273,11 +291,15 @@ PROBES: tuple[Callable[[cfg.ConfigOpts], list[Problem]], ...] = (
 )
 
 
-def run(conf: cfg.ConfigOpts) -> list[Problem]:
-    """Run every probe; one whose options cannot even be read was
-    reported by the pure pass and is skipped here."""
+def run(conf: cfg.ConfigOpts, *, cloud: bool = True) -> list[Problem]:
+    """Run every probe (the cloud's only with ``cloud``); one whose
+    options cannot even be read was reported by the pure pass and is
+    skipped here."""
     problems: list[Problem] = []
     for probe in PROBES:
+        if probe is check_cloud and not cloud:
+            problems += credentials_problem(conf)
+            continue
         try:
             problems += probe(conf)
         except (cfg.Error, ValueError):

@@ -9,9 +9,11 @@ from typing import Any
 from cliff.app import App
 from cliff.command import Command
 from cliff.commandmanager import CommandManager
+from openstack.exceptions import ConfigException
 from oslo_config import cfg
 
-from cinderbak import config_check, logs, opts, service
+from cinderbak import config_check, env_check, logs, opts, service
+from cinderbak.cloud import API_ERRORS, CloudTooOld
 from cinderbak.version import version_string
 
 
@@ -75,13 +77,20 @@ class CinderbakApp(App):
         problems are printed one per line and the command exits 2.
         """
         if self._parts is None:
-            problems = config_check.validate(self.conf, reach=True)
+            problems = config_check.validate(
+                self.conf, reach=True, reach_cloud=False
+            )
+            if not problems:
+                try:
+                    self._parts = service.build(self.conf)
+                except CONNECT_ERRORS as exc:
+                    problems = env_check.cloud_failure(self.conf, exc)
             if problems:
                 for problem in problems:
                     self.stderr.write(f"cinderbak: {problem}\n")
                 self.stderr.flush()
                 raise SystemExit(2)
-            self._parts = service.build(self.conf)
+        assert self._parts is not None
         return self._parts
 
     def clean_up(
@@ -89,6 +98,11 @@ class CinderbakApp(App):
     ) -> None:
         if self._parts is not None:
             self._parts.close()
+
+
+CONNECT_ERRORS = (*API_ERRORS, CloudTooOld, ConfigException)
+"""What connecting to the cloud raises when the cloud, not cinderbak, is
+at fault: said as one problem line, exit 2."""
 
 
 def main(argv: list[str] | None = None) -> int:
