@@ -40,9 +40,12 @@ MIB = 1024 * 1024
 POLICY = "cycle"
 
 
-def config(stack, workdir: pathlib.Path, write_back: bool) -> pathlib.Path:
+def config(
+    stack, workdir: pathlib.Path, write_back: bool, label: str = "cycle"
+) -> pathlib.Path:
+    """A config of its own, journal included, for each part."""
     ceph_a, readonly = stack.ceph("a"), stack.readonly_user
-    path = workdir / "cycle.conf"
+    path = workdir / f"{label}.conf"
     path.write_text(
         textwrap.dedent(f"""\
         [DEFAULT]
@@ -52,7 +55,7 @@ def config(stack, workdir: pathlib.Path, write_back: bool) -> pathlib.Path:
         [cloud]
         cloud = localstack-cinderbak
         [journal]
-        connection = sqlite:///{workdir}/cycle.sqlite
+        connection = sqlite:///{workdir}/{label}.sqlite
         [volume_cluster]
         conf = {ceph_a.conf}
         user = {readonly.user}
@@ -230,7 +233,7 @@ def fairness(stack, workdir: pathlib.Path) -> None:
     bob = openstack.connect(cloud=stack.cloud("tenant-b"))
     many = make_volumes(alice, 8, POLICY)
     few = make_volumes(bob, 2, POLICY)
-    path = config(stack, workdir, False)
+    path = config(stack, workdir, False, label="fairness")
     text = path.read_text() + "[limits]\nmax_in_flight = 2\n"
     path.write_text(text)
     parts = configs.parts_from(path)

@@ -201,6 +201,7 @@ class PolicyRun:
         self._completed_seconds: list[float] = []
         self._last_progress: float | None = None
         self._last_service_check = -1e18
+        self._last_poll = clock()
         self._histories: dict[str, dict[str, list[chains.BackupInfo]]] = {}
         self._quotas: dict[str, Any] = {}
         self._quota_taken: collections.Counter[tuple[str, str]] = (
@@ -290,8 +291,13 @@ class PolicyRun:
             self._collect(in_flight, outcomes)
             if not in_flight and not queue:
                 break
-            if self.stop.wait(self.conf.poll_interval):
+            self._pause(in_flight)
+            if self.stop.is_set():
                 break
+            self._take_checksums(in_flight)
+            if self.clock() < self._last_poll + self.conf.poll_interval:
+                continue  # woken by a checksum: Cinder is polled on time
+            self._last_poll = self.clock()
             self._observe(in_flight)
             self._watch_backup_service(in_flight)
             if self.gave_up is not None:
@@ -939,14 +945,40 @@ class PolicyRun:
 
     # -- observing -------------------------------------------------------
 
-    def _observe(self, in_flight: Sequence[Job]) -> None:
-        """One listing per resource kind for every job waiting on Cinder;
-        if the API cannot be reached, try again next interval (jobs still
-        time out on their own deadlines)."""
+    def _pause(self, in_flight: Sequence[Job]) -> None:
+        """Sleep until the next poll is due; a checksum that ends wakes the
+        loop at once (it needs no poll), so a run does not wait an extra
+        interval for its last checksums. A stop ends the sleep at once
+        when no checksum is pending, else within one interval."""
+        remaining = max(
+            0.0, self._last_poll + self.conf.poll_interval - self.clock()
+        )
+        pending = [
+            j.checksum
+            for j in in_flight
+            if j.phase is Phase.CHECKSUMMING
+            and j.checksum is not None
+            and not j.checksum.done()
+        ]
+        if pending:
+            concurrent.futures.wait(
+                pending,
+                timeout=remaining,
+                return_when=concurrent.futures.FIRST_COMPLETED,
+            )
+        else:
+            self.stop.wait(remaining)
+
+    def _take_checksums(self, in_flight: Sequence[Job]) -> None:
         for job in in_flight:
             if job.phase is Phase.CHECKSUMMING and job.checksum is not None:
                 if job.checksum.done():
                     self._checksum_done(job)
+
+    def _observe(self, in_flight: Sequence[Job]) -> None:
+        """One listing per resource kind for every job waiting on Cinder;
+        if the API cannot be reached, try again next interval (jobs still
+        time out on their own deadlines)."""
         waiting_snapshots = [
             j
             for j in in_flight
