@@ -90,19 +90,33 @@ def history_by_volume(
     """
     found: dict[str, list[BackupInfo]] = {}
     for item in listing.pages(cloud, conn, "/backups/detail", "backups"):
-        info = info_from_dict(item, deployment_id)
         volume_id = item.get("volume_id") or ""
-        known = (trusted or {}).get(volume_id)
-        if info.ours and known and info.id not in known:
-            LOG.warning(
-                "backup %s of volume %s carries our owner mark but our "
-                "journal never created it; treated as not ours",
-                info.id,
-                volume_id,
-            )
-            info = dataclasses.replace(info, ours=False)
+        info = trusted_view(
+            info_from_dict(item, deployment_id), volume_id, trusted
+        )
         found.setdefault(volume_id, []).append(info)
     return found
+
+
+def trusted_view(
+    info: BackupInfo,
+    volume_id: str,
+    trusted: Mapping[str, set[str]] | None,
+) -> BackupInfo:
+    """Given a backup and the backups our journal made per volume, return
+    it as not ours when its owner mark is a forgery: the journal knows
+    the volume but never made this backup. With no record of the volume
+    (a journal lost, a new host) the mark is all there is, and counts."""
+    known = (trusted or {}).get(volume_id)
+    if not (info.ours and known and info.id not in known):
+        return info
+    LOG.warning(
+        "backup %s of volume %s carries our owner mark but our journal "
+        "never created it; treated as not ours",
+        info.id,
+        volume_id,
+    )
+    return dataclasses.replace(info, ours=False)
 
 
 def ids_in_status(cloud: Cloud, kind: str, status: str) -> set[str]:

@@ -387,10 +387,15 @@ class _Reader:
             by_volume: dict[str, list[Any]] = {}
             for backup in listed:
                 by_volume.setdefault(backup.volume_id, []).append(backup)
+            trusted = self.parts.journal.known_backups(by_volume)
             ours = {
                 b.id: b
                 for b in listed
-                if tenant.is_ours(dict(b.metadata or {}), self.deployment_id)
+                if backups.trusted_view(
+                    backups.to_info(b, self.deployment_id),
+                    b.volume_id,
+                    trusted,
+                ).ours
             }
             parents = self.parts.journal.expected_parents(ours)
             for volume_id in sorted(by_volume):
@@ -410,7 +415,11 @@ class _Reader:
                     continue
                 history = {}
                 for backup in items:
-                    info = backups.to_info(backup, self.deployment_id)
+                    info = backups.trusted_view(
+                        backups.to_info(backup, self.deployment_id),
+                        volume_id,
+                        trusted,
+                    )
                     parent = parents.get(backup.id)
                     if parent and info.is_incremental:
                         info = dataclasses.replace(info, parent_id=parent)

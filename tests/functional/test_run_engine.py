@@ -455,3 +455,39 @@ def test_run_once_killed_at_a_step_is_settled_by_the_next_run_once(
     assert f"{name}@{slot:%Y-%m-%dT%H:%M:%SZ}" in by_run or (
         kind == steps.SNAPSHOT_CREATE
     )
+
+
+# -- a tenant forges our owner mark on its own backup ----------------------
+
+
+def test_a_forged_owner_mark_is_never_chained_onto_nor_expired(
+    alice, admin, make_volume, cinderbak_config, cleanup
+):
+    name = f"forge{uuid.uuid4().hex[:6]}"
+    cinderbak = cinderbak_config(
+        _policy(name, full_every=6).replace(
+            "retention = last=9", "retention = last=1"
+        )
+    )
+    volume = make_volume(alice, metadata={tenant.POLICY: name})
+    (first,) = cinderbak.run("run-once", "--no-audit", check=True)
+    assert first["kind"] == "full"
+    forged = alice.block_storage.create_backup(
+        volume_id=volume.id,
+        name="tenant-manual",
+        metadata={
+            tenant.OWNER: cinderbak.deployment_id,
+            tenant.POLICY: name,
+        },
+    )
+    cleanup.add("backup", forged.id)
+    forged = alice.block_storage.wait_for_status(
+        forged, "available", failures=["error"], wait=300
+    )
+    assert forged.metadata.get(tenant.OWNER) == cinderbak.deployment_id
+    (second,) = cinderbak.run("run-once", "--no-audit", check=True)
+    # Cinder would chain onto the tenant's newer backup: a full instead.
+    assert second["kind"] == "full", second
+    # retention last=1: our first full may go, the forged one never.
+    cinderbak.run("expire", "--policy", name)
+    assert alice.block_storage.get_backup(forged.id).status == "available"

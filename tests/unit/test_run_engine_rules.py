@@ -299,3 +299,34 @@ def test_replaying_the_sweep_converges_and_never_raises(
             or (is_backup and status == "available" and not step_open)
             or status is None
         )
+
+
+# -- an owner mark is trusted only as far as the journal backs it ----------
+
+
+def _info(backup_id, ours=True):
+    from cinderbak.chains import BackupInfo
+
+    return BackupInfo(
+        id=backup_id,
+        created_at=T,
+        data_timestamp=T,
+        is_incremental=False,
+        status="available",
+        ours=ours,
+        held=False,
+        has_dependent_backups=False,
+    )
+
+
+def test_a_forged_owner_mark_is_not_ours_where_the_journal_knows_the_volume():
+    from cinderbak.backups import trusted_view
+
+    trusted = {"vol-1": {"b-ours"}}
+    assert trusted_view(_info("b-ours"), "vol-1", trusted).ours
+    assert not trusted_view(_info("b-forged"), "vol-1", trusted).ours
+    # No record of the volume (journal lost, new host): the mark counts.
+    assert trusted_view(_info("b-any"), "vol-2", trusted).ours
+    assert trusted_view(_info("b-any"), "vol-1", None).ours
+    # A backup without our mark never becomes ours.
+    assert not trusted_view(_info("b-x", ours=False), "vol-2", {}).ours
