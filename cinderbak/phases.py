@@ -110,3 +110,78 @@ def after_outcome(has_snapshot: bool, outcome: Phase) -> Phase:
     if outcome not in FINAL:
         raise ValueError(f"{outcome} is not an outcome")
     return Phase.CLEANING_UP if has_snapshot else outcome
+
+
+class Verdict(enum.StrEnum):
+    """What the engine does about a job after a poll saw its resource."""
+
+    WAIT = "wait"
+    """Cinder is still at it and the deadline is not reached."""
+
+    TIME_OUT = "time-out"
+    """Still not settled at its deadline: stop waiting (the sweep settles
+    the resource later)."""
+
+    SNAPSHOT_READY = "snapshot-ready"
+    """The temporary snapshot is available: request the backup."""
+
+    BACKUP_READY = "backup-ready"
+    """The backup is available: record it, checksum its source."""
+
+    FAILED = "failed"
+    """The resource ended in error (an error backup is ours to delete)."""
+
+    VANISHED = "vanished"
+    """Gone while we waited for it (deleted behind our back): the job
+    fails at once instead of waiting out its deadline."""
+
+    DELETE_SNAPSHOT = "delete-snapshot"
+    """Cleaning up: the temporary snapshot can be deleted now."""
+
+    CLEANED = "cleaned"
+    """Cleaning up: the temporary snapshot is gone."""
+
+    LEAVE_TO_SWEEP = "leave-to-sweep"
+    """Cleaning up cannot finish now (error_deleting, or past its
+    deadline): the job ends, the periodic sweep finishes the deletion."""
+
+
+DELETABLE = frozenset({"available", "error"})
+
+
+def on_poll(
+    phase: Phase,
+    status: str | None,
+    *,
+    now: float,
+    deadline: float,
+    delete_requested: bool = False,
+) -> Verdict:
+    """Given a job's phase, the status the last poll saw for its resource
+    (None when the listing no longer has it), the time and the job's
+    deadline, decide what happens next. Pure: the engine carries it out.
+
+    Raise ValueError for a phase that does not wait on Cinder.
+    """
+    late = now >= deadline
+    if phase in (Phase.COPYING, Phase.BACKING_UP):
+        if status is None:
+            return Verdict.VANISHED
+        if status == "creating":
+            return Verdict.TIME_OUT if late else Verdict.WAIT
+        if status == "available":
+            return (
+                Verdict.SNAPSHOT_READY
+                if phase is Phase.COPYING
+                else Verdict.BACKUP_READY
+            )
+        return Verdict.FAILED
+    if phase is Phase.CLEANING_UP:
+        if status is None:
+            return Verdict.CLEANED
+        if status in DELETABLE and not delete_requested:
+            return Verdict.DELETE_SNAPSHOT
+        if status == "error_deleting" or late:
+            return Verdict.LEAVE_TO_SWEEP
+        return Verdict.WAIT
+    raise ValueError(f"a job {phase} waits on no resource")

@@ -46,7 +46,7 @@ from cinderbak.consistency import SourceSnapshotObserver
 from cinderbak.discovery import Problem, Target
 from cinderbak.journal import Journal, states, steps
 from cinderbak.limits import Limiter, ServerLocks
-from cinderbak.phases import Phase
+from cinderbak.phases import Phase, Verdict
 from cinderbak.policy import Ownership, Policy, TransferMode
 from cinderbak.quiesce.base import (
     Quiescer,
@@ -991,13 +991,13 @@ class PolicyRun:
                     self.cloud, "snapshots", self.name
                 )
                 for job in waiting_snapshots:
-                    self._snapshot_seen(job, listed.get(str(job.snapshot_id)))
+                    self._seen(job, listed.get(str(job.snapshot_id)))
             if waiting_backups:
                 listed = listing.run_resources(
                     self.cloud, "backups", self.name
                 )
                 for job in waiting_backups:
-                    self._backup_seen(job, listed.get(str(job.backup_id)))
+                    self._seen(job, listed.get(str(job.backup_id)))
         except API_ERRORS as exc:
             LOG.warning(
                 "run %s: status poll failed (%s); trying again in %.1f s",
@@ -1006,22 +1006,21 @@ class PolicyRun:
                 self.conf.poll_interval,
             )
             for job in in_flight:
-                if job.phase in phases.WAITING_ON_CINDER:
-                    self._check_deadline(job)
+                late = self.clock() >= job.deadline
+                if job.phase in phases.WAITING_ON_CINDER and late:
+                    self._time_out(job)
 
-    def _check_deadline(self, job: Job) -> bool:
-        """Time the job out if its deadline passed; return whether it did."""
-        if self.clock() < job.deadline:
-            return False
+    def _time_out(self, job: Job, status: str | None = None) -> None:
+        """Stop waiting for the job's resource; say what is left to whom."""
         if job.phase is Phase.CLEANING_UP:
-            job.notes.append(
-                f"temporary snapshot {job.snapshot_id} not deleted within "
-                "snapshot_timeout; the sweep deletes it"
-            )
             assert job.outcome is not None
+            job.notes.append(
+                f"temporary snapshot {job.snapshot_id} not deleted yet "
+                f"({status or 'no answer'}); the sweep deletes it"
+            )
             job.outcome.notes = list(job.notes)
             job.move(_outcome_phase(job.outcome))
-            return True
+            return
         what = "backup" if job.phase is Phase.BACKING_UP else "snapshot"
         resource = job.backup_id if what == "backup" else job.snapshot_id
         job.outcome = self.job_outcome(
@@ -1030,39 +1029,51 @@ class PolicyRun:
             f"{what} {resource} still creating after its timeout; the "
             "sweep settles it when Cinder does",
         )
-        return True
 
-    def _snapshot_seen(self, job: Job, item: dict[str, Any] | None) -> None:
-        status = None if item is None else item.get("status")
+    def _seen(self, job: Job, item: dict[str, Any] | None) -> None:
+        """Carry out what :func:`phases.on_poll` decides for the job."""
+        verdict = phases.on_poll(
+            job.phase,
+            None if item is None else item.get("status"),
+            now=self.clock(),
+            deadline=job.deadline,
+            delete_requested=job.snapshot_delete_requested,
+        )
+        if verdict is Verdict.WAIT:
+            return
+        if verdict in (Verdict.TIME_OUT, Verdict.LEAVE_TO_SWEEP):
+            self._time_out(job, None if item is None else item.get("status"))
+            return
         if job.phase is Phase.CLEANING_UP:
-            self._cleanup_seen(job, status)
-            return
-        if status == "creating":
-            self._check_deadline(job)
-            return
-        if status == "available":
-            assert job.snapshot_step is not None
+            self._cleanup_seen(job, verdict)
+        elif job.phase is Phase.COPYING:
+            self._snapshot_seen(job, verdict, item)
+        else:
+            self._backup_seen(job, verdict, item)
+
+    def _snapshot_seen(
+        self, job: Job, verdict: Verdict, item: dict[str, Any] | None
+    ) -> None:
+        assert job.snapshot_step is not None
+        if verdict is Verdict.SNAPSHOT_READY:
             self.journal.complete_step(job.snapshot_step)
             self._create_backup(job)
             return
         reason = (
             f"snapshot {job.snapshot_id} vanished"
             if item is None
-            else f"snapshot {job.snapshot_id} ended {status}"
+            else f"snapshot {job.snapshot_id} ended {item.get('status')}"
         )
-        assert job.snapshot_step is not None
         self.journal.fail_step(job.snapshot_step, reason)
         self._fail(job, reason)
 
-    def _backup_seen(self, job: Job, item: dict[str, Any] | None) -> None:
+    def _backup_seen(
+        self, job: Job, verdict: Verdict, item: dict[str, Any] | None
+    ) -> None:
         assert job.backup_step is not None
-        status = None if item is None else item.get("status")
-        if status == "creating":
-            self._check_deadline(job)
-            return
         self._progress(job)
         job.backup_open = False
-        if item is None:
+        if verdict is Verdict.VANISHED or item is None:
             reason = (
                 f"backup {job.backup_id} vanished while it was being "
                 "created (deleted behind our back)"
@@ -1070,10 +1081,10 @@ class PolicyRun:
             self.journal.undo_step(job.backup_step, reason)
             self._fail(job, reason)
             return
-        if status == "available":
+        if verdict is Verdict.BACKUP_READY:
             self._backup_available(job, item)
             return
-        reason = item.get("fail_reason") or f"status {status}"
+        reason = item.get("fail_reason") or f"status {item.get('status')}"
         self.journal.fail_step(job.backup_step, reason)
         self._fail(job, f"backup failed: {reason}")
         self._delete_failed_backup(job)
@@ -1215,39 +1226,26 @@ class PolicyRun:
         )
         job.deadline = self.clock() + self.policy.snapshot_timeout
 
-    def _cleanup_seen(self, job: Job, status: str | None) -> None:
+    def _cleanup_seen(self, job: Job, verdict: Verdict) -> None:
         """The temporary snapshot as the last poll saw it."""
         assert job.outcome is not None and job.snapshot_delete_step
-        if status is None:
+        if verdict is Verdict.CLEANED:
             self.journal.complete_step(job.snapshot_delete_step)
             job.move(_outcome_phase(job.outcome))
             return
-        if (
-            status in ("available", "error")
-            and not job.snapshot_delete_requested
-        ):
-            try:
-                self.cloud.call(
-                    job.conn.block_storage.delete_snapshot,
-                    job.snapshot_id,
-                    ignore_missing=True,
-                )
-                job.snapshot_delete_requested = True
-            except API_ERRORS as exc:
-                LOG.warning(
-                    "temporary snapshot %s: delete refused (%s); retried",
-                    job.snapshot_id,
-                    exc,
-                )
-        elif status == "error_deleting":
-            job.notes.append(
-                f"temporary snapshot {job.snapshot_id} is error_deleting; "
-                "the sweep retries"
+        try:
+            self.cloud.call(
+                job.conn.block_storage.delete_snapshot,
+                job.snapshot_id,
+                ignore_missing=True,
             )
-            job.outcome.notes = list(job.notes)
-            job.move(_outcome_phase(job.outcome))
-            return
-        self._check_deadline(job)
+            job.snapshot_delete_requested = True
+        except API_ERRORS as exc:
+            LOG.warning(
+                "temporary snapshot %s: delete refused (%s); retried",
+                job.snapshot_id,
+                exc,
+            )
 
     def _delete_failed_backup(self, job: Job) -> None:
         """Remove a backup of ours that ended in error; it holds no data.

@@ -330,3 +330,90 @@ def test_a_forged_owner_mark_is_not_ours_where_the_journal_knows_the_volume():
     assert trusted_view(_info("b-any"), "vol-1", None).ours
     # A backup without our mark never becomes ours.
     assert not trusted_view(_info("b-x", ours=False), "vol-2", {}).ours
+
+
+# -- what a poll's observation leads to ------------------------------------
+
+V = phases.Verdict
+STATUSES = [
+    None,
+    "creating",
+    "available",
+    "error",
+    "deleting",
+    "error_deleting",
+    "backing-up",
+    "restoring",
+]
+
+
+@pytest.mark.parametrize(
+    "phase, status, late, requested, verdict",
+    [
+        # the temporary snapshot
+        (Phase.COPYING, "creating", False, False, V.WAIT),
+        (Phase.COPYING, "creating", True, False, V.TIME_OUT),
+        (Phase.COPYING, "available", False, False, V.SNAPSHOT_READY),
+        (Phase.COPYING, "available", True, False, V.SNAPSHOT_READY),
+        (Phase.COPYING, "error", False, False, V.FAILED),
+        (Phase.COPYING, None, False, False, V.VANISHED),
+        # the backup: a dead backup service keeps it creating
+        (Phase.BACKING_UP, "creating", False, False, V.WAIT),
+        (Phase.BACKING_UP, "creating", True, False, V.TIME_OUT),
+        (Phase.BACKING_UP, "available", True, False, V.BACKUP_READY),
+        (Phase.BACKING_UP, "error", False, False, V.FAILED),
+        (Phase.BACKING_UP, "deleting", False, False, V.FAILED),
+        # deleted by an admin while a restart waited for it
+        (Phase.BACKING_UP, None, False, False, V.VANISHED),
+        # cleaning up the temporary snapshot
+        (Phase.CLEANING_UP, "available", False, False, V.DELETE_SNAPSHOT),
+        (Phase.CLEANING_UP, "error", True, False, V.DELETE_SNAPSHOT),
+        (Phase.CLEANING_UP, "available", False, True, V.WAIT),
+        (Phase.CLEANING_UP, "backing-up", False, False, V.WAIT),
+        (Phase.CLEANING_UP, "deleting", False, True, V.WAIT),
+        (Phase.CLEANING_UP, "deleting", True, True, V.LEAVE_TO_SWEEP),
+        # a hung volume service: still creating at the deadline
+        (Phase.CLEANING_UP, "creating", True, False, V.LEAVE_TO_SWEEP),
+        (Phase.CLEANING_UP, "error_deleting", False, True, V.LEAVE_TO_SWEEP),
+        (Phase.CLEANING_UP, None, False, True, V.CLEANED),
+        (Phase.CLEANING_UP, None, True, False, V.CLEANED),
+    ],
+)
+def test_what_a_poll_leads_to(phase, status, late, requested, verdict):
+    now, deadline = (100.0, 50.0) if late else (10.0, 50.0)
+    assert (
+        phases.on_poll(
+            phase,
+            status,
+            now=now,
+            deadline=deadline,
+            delete_requested=requested,
+        )
+        is verdict
+    )
+
+
+@given(
+    st.sampled_from(sorted(phases.WAITING_ON_CINDER)),
+    st.sampled_from(STATUSES),
+    st.floats(0, 1e6),
+    st.floats(0, 1e6),
+    st.booleans(),
+)
+def test_every_observation_has_an_answer_and_waiting_ends(
+    phase, status, now, deadline, requested
+):
+    """Total over every phase and status; once past the deadline, no
+    answer is WAIT: a job never waits on Cinder for ever."""
+    verdict = phases.on_poll(
+        phase, status, now=now, deadline=deadline, delete_requested=requested
+    )
+    assert isinstance(verdict, phases.Verdict)
+    if now >= deadline:
+        assert verdict is not phases.Verdict.WAIT
+
+
+@pytest.mark.parametrize("phase", [Phase.QUEUED, Phase.CHECKSUMMING])
+def test_phases_that_wait_on_nothing_are_refused(phase):
+    with pytest.raises(ValueError, match="waits on no resource"):
+        phases.on_poll(phase, "available", now=0, deadline=1)
