@@ -87,6 +87,9 @@ class VolumeCluster:
         )
         self._cluster.connect()
         self.pools = list(pools)
+        self.conffile = conffile
+        self.user = user
+        self.keyring = keyring
 
     @classmethod
     def from_conf(cls, conf: cfg.ConfigOpts) -> VolumeCluster | None:
