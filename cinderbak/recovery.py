@@ -124,7 +124,9 @@ def recover(parts: Parts, stop: threading.Event) -> list[Outcome]:
     finish_snapshot_deletions(parts, stop)
     by_policy: dict[str, list[RunRecord]] = collections.defaultdict(list)
     for record in parts.journal.unfinished_runs():
-        if record.policy.startswith(verify.RUN_PREFIX):
+        # A file-level restore that fell back to a scratch restore leaves
+        # the same kind of scratch volume as a verification.
+        if record.policy.startswith((verify.RUN_PREFIX, "files:")):
             settle_verification(parts, record)
         elif record.policy.startswith(expiry.RUN_PREFIX):
             parts.journal.finish_run(

@@ -137,6 +137,16 @@ class VolumeCluster:
             f"no image {where} in pool(s) {', '.join(self.pools)}"
         )
 
+    def pool_of(self, name: str) -> str | None:
+        """The first configured pool holding image ``name``, or None."""
+        import rbd
+
+        for pool in self.pools:
+            with self._cluster.open_ioctx(pool) as ioctx:
+                if name in rbd.RBD().list(ioctx):
+                    return pool
+        return None
+
     def snapshots(self, volume_id: str) -> list[str]:
         """Return the RBD snapshot names of a volume's image; [] when the
         image is in none of the pools (not an RBD volume, or deleted)."""

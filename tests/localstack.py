@@ -92,8 +92,8 @@ class Stack:
 
     @property
     def backup_readonly_user(self) -> CephUser:
-        """The read-only cephx user on cluster B
-        (client.cinderbak-backup-ro, ``profile rbd-read-only pool=backups``)."""
+        """The read-only cephx user on cluster B (client.cinderbak-backup-ro,
+        ``profile rbd-read-only pool=backups``)."""
         return self.ceph("b").users["readonly"]
 
     def password(self, user: str) -> str:
