@@ -1,11 +1,8 @@
-"""Disk images for the file-level restore tests, made with libguestfs in a
-local sparse file (the real mkfs, parted and LVM tools, in the appliance),
-then written into a Cinder volume's RBD image, which cinderbak backs up.
-
-Layouts: ``ext4-gpt`` (ext4 in a GPT partition), ``lvm-xfs`` (an MBR
-partition holding an LVM PV, VG ``vgNAME``, LV ``data`` with XFS),
-``ext4-whole`` (ext4 on the whole disk). Files are {path: (content,
-mode, mtime)}; symlinks and FIFOs can be added for hostile images.
+"""Disk images for the file-level restore tests, made in a local sparse
+file with the real tools, then written into a Cinder volume's RBD image,
+which cinderbak backs up: ext4 in a GPT partition (sfdisk, mke2fs -d from
+a directory, changed in place with debugfs) and XFS on LVM (parted, LVM
+and mkfs.xfs in a libguestfs appliance: LVM needs block devices).
 """
 
 from __future__ import annotations
@@ -13,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import subprocess
 from pathlib import Path
 
 from tests import localstack
@@ -32,97 +30,128 @@ class File:
         return hashlib.md5(self.content, usedforsecurity=False).hexdigest()
 
 
-def _handle(path: Path):
+def build_lvm_xfs(
+    images: list[tuple[Path, dict[str, File]]],
+    size: int,
+    *,
+    vg: str = "vgdata",
+) -> None:
+    """Make each image file: an MBR partition holding an LVM PV, VG ``vg``
+    (the same name in every image), LV ``data`` with XFS holding its
+    files. Host tools cannot make LVM on a plain file, so one libguestfs
+    appliance makes them all, showing LVM one disk at a time (two VGs of
+    one name on two visible disks would clash)."""
     import guestfs
 
     g = guestfs.GuestFS(python_return_dict=True, close_on_exit=False)
-    g.set_backend(os.environ.get("LIBGUESTFS_BACKEND", "direct"))
-    settings = os.environ.get("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
-    g.set_backend_settings(settings.split(":") if settings else [])
-    g.set_memsize(512)
-    g.add_drive_opts(str(path), format="raw")
-    g.launch()
-    return g
+    try:
+        g.set_backend(os.environ.get("LIBGUESTFS_BACKEND", "direct"))
+        settings = os.environ.get("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+        g.set_backend_settings(settings.split(":") if settings else [])
+        g.set_memsize(512)
+        for path, _files in images:
+            with open(path, "wb") as f:
+                f.truncate(size)
+            g.add_drive_opts(str(path), format="raw")
+        g.launch()
+        for disk, (_path, files) in zip(g.list_devices(), images, strict=True):
+            g.lvm_set_filter([disk])
+            g.part_disk(disk, "mbr")
+            g.pvcreate(f"{disk}1")
+            g.vgcreate(vg, [f"{disk}1"])
+            g.lvcreate("data", vg, size // MIB - 16)  # xfs needs 300 MiB
+            device = f"/dev/{vg}/data"
+            g.mkfs("xfs", device)
+            g.mount(device, "/")
+            for p, f in sorted(files.items()):
+                g.mkdir_p(os.path.dirname(p))
+                g.write(p, f.content)
+                g.chmod(f.mode, p)
+                g.utimens(p, f.mtime, 0, f.mtime, 0)
+            g.umount_all()
+            g.vg_activate(False, [vg])
+        g.shutdown()
+    finally:
+        g.close()
 
 
-def data_device(layout: str, vg: str = "vgdata") -> str:
-    return {
-        "ext4-gpt": "/dev/sda1",
-        "lvm-xfs": f"/dev/{vg}/data",
-        "ext4-whole": "/dev/sda",
-    }[layout]
-
-
-def build(
+def change_ext4_in_place(
     path: Path,
-    size: int,
-    layout: str,
     files: dict[str, File],
     *,
-    vg: str = "vgdata",
-    symlinks: dict[str, str] | None = None,
-    fifos: tuple[str, ...] = (),
+    remove: tuple[str, ...] = (),
+    remove_dirs: tuple[str, ...] = (),
+    work: Path,
 ) -> None:
-    """Make a new image file with ``layout`` holding ``files``."""
+    """Change the ext4 of build_ext4_gpt_from_dir in place with debugfs
+    (no mount): replace or add ``files`` (in existing directories),
+    remove files, then (empty) directories."""
+    commands = [f"rm {p}" for p in remove]
+    commands += [f"rmdir {p}" for p in remove_dirs]
+    for n, (p, f) in enumerate(sorted(files.items())):
+        local = work / f"debugfs-{n}"
+        local.write_bytes(f.content)
+        head, _, name = p.rpartition("/")
+        commands += [
+            f"cd {head or '/'}",
+            f"rm {name}",  # fails harmlessly for a new file
+            f"write {local} {name}",
+            f"sif {name} mode 0{0o100000 | f.mode:o}",
+            f"sif {name} mtime {f.mtime}",
+            "cd /",
+        ]
+    script = work / "debugfs.cmds"
+    script.write_text("\n".join(commands) + "\n")
+    subprocess.run(
+        ["debugfs", "-w", "-f", str(script), f"{path}?offset={MIB}"],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+
+
+def build_ext4_gpt_from_dir(path: Path, size: int, source: Path) -> None:
+    """Make ``path``: a GPT with one partition from 1 MiB to the end,
+    holding an ext4 populated from directory ``source`` (modes, mtimes,
+    symlinks and FIFOs as they are there), with the host's sfdisk and
+    mke2fs -d: no appliance, a second instead of twenty."""
     with open(path, "wb") as f:
         f.truncate(size)
-    g = _handle(path)
-    try:
-        device = data_device(layout, vg)
-        if layout == "ext4-gpt":
-            g.part_disk("/dev/sda", "gpt")
-            g.mkfs("ext4", device)
-        elif layout == "lvm-xfs":
-            g.part_disk("/dev/sda", "mbr")
-            g.pvcreate("/dev/sda1")
-            g.vgcreate(vg, ["/dev/sda1"])
-            g.lvcreate("data", vg, size // MIB - 16)  # xfs needs 300 MiB
-            g.mkfs("xfs", device)
-        elif layout == "ext4-whole":
-            g.mkfs("ext4", device)
-        else:
-            raise ValueError(layout)
-        g.mount(device, "/")
-        _write(g, files, symlinks or {}, fifos)
-        g.umount_all()
-        g.shutdown()
-    finally:
-        g.close()
+    subprocess.run(
+        ["sfdisk", "--quiet", "--label", "gpt", str(path)],
+        input="start=2048, type=linux\n",
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    blocks = (size - MIB - MIB) // 4096  # GPT's backup header at the end
+    subprocess.run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-E",
+            f"offset={MIB}",
+            "-d",
+            str(source),
+            str(path),
+            str(blocks),
+        ],
+        check=True,
+        timeout=600,
+    )
 
 
-def change(
-    path: Path,
-    layout: str,
-    files: dict[str, File],
-    *,
-    vg: str = "vgdata",
-    remove: tuple[str, ...] = (),
-) -> None:
-    """Write (or overwrite) ``files`` and remove ``remove`` in an image."""
-    g = _handle(path)
-    try:
-        g.mount(data_device(layout, vg), "/")
-        for p in remove:
-            g.rm_rf(p)
-        _write(g, files, {}, ())
-        g.umount_all()
-        g.shutdown()
-    finally:
-        g.close()
-
-
-def _write(g, files, symlinks, fifos) -> None:
-    for p, f in sorted(files.items()):
-        g.mkdir_p(os.path.dirname(p))
-        g.write(p, f.content)
-        g.chmod(f.mode, p)
-        g.utimens(p, f.mtime, 0, f.mtime, 0)
-    for p, target in sorted(symlinks.items()):
-        g.mkdir_p(os.path.dirname(p))
-        g.ln_s(target, p)
-    for p in fifos:
-        g.mkdir_p(os.path.dirname(p))
-        g.mkfifo(0o644, p)
+def populate(root: Path, files: dict[str, File]) -> None:
+    """Write ``files`` under a host directory, for build_ext4_gpt_from_dir."""
+    for p, f in files.items():
+        target = root / p.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(f.content)
+        os.chmod(target, f.mode)
+        os.utime(target, (f.mtime, f.mtime))
 
 
 def write_to_volume(

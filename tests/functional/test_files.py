@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import subprocess
 import tarfile
@@ -119,6 +118,7 @@ FULL = {
     "/data/run-me": di.File(b"#!/bin/sh\necho hi\n", 0o4755, 1_700_000_100),
     "/data/\x1b[31mred\nname": di.File(b"control chars\n", 0o644),
     "/etc/passwd": di.File(b"root:x:0:0:backup's own:/root:/bin/sh\n"),
+    os.fsdecode(b"/data/caf\xe9.txt"): di.File(b"latin-1 name\n"),
 }
 CHANGED = {
     "/data/report.txt": di.File(
@@ -135,25 +135,28 @@ def test_ext4_in_gpt_partition_full_then_incremental_and_hostile_names(
     name = f"fl-{uuid.uuid4().hex[:8]}"
     cinderbak = cinderbak_config(_files_config(stack, tmp_path, name, True))
     volume = make_volume(alice, metadata={"cinderbak:policy": name})
-    image = tmp_path / "disk.img"
-    hostile = {
-        "/evil": "/etc",  # a symlink out of any target directory
-        "/data/up": "../../../../..",
-        f"/etc/{SENTINEL}": "/nonexistent",
-    }
-    di.build(
-        image,
-        1024 * MIB,
-        "ext4-gpt",
-        FULL | {f"/etc/{SENTINEL}.txt": di.File(b"must stay inside\n")},
-        symlinks=hostile,
-        fifos=("/data/pipe",),
+    # Hostile content: a symlink out of any target directory, one that
+    # climbs, a FIFO, a set-user-ID file, a name with an escape sequence.
+    source = tmp_path / "source"
+    di.populate(
+        source, FULL | {f"/etc/{SENTINEL}.txt": di.File(b"must stay inside\n")}
     )
+    os.symlink("/etc", source / "evil")
+    os.symlink("../../../../..", source / "data" / "up")
+    os.mkfifo(source / "data" / "pipe")
+    image = tmp_path / "disk.img"
+    di.build_ext4_gpt_from_dir(image, 1024 * MIB, source)
     di.write_to_volume(stack, volume.id, image)
     full = _backed_up(cinderbak, name, volume.id)
     before = tmp_path / "disk.full.img"
     subprocess.run(["cp", "--sparse=always", image, before], check=True)
-    di.change(image, "ext4-gpt", CHANGED, remove=("/data/keep",))
+    di.change_ext4_in_place(
+        image,
+        CHANGED,
+        remove=("/data/keep/notes.md",),
+        remove_dirs=("/data/keep",),
+        work=tmp_path,
+    )
     di.write_to_volume(stack, volume.id, image, previous=before)
     incr = _backed_up(cinderbak, name, volume.id)
     assert incr["kind"] == "incremental", incr
@@ -188,6 +191,8 @@ def test_ext4_in_gpt_partition_full_then_incremental_and_hostile_names(
     # The name with an escape sequence and a newline, escaped.
     assert "\\x1b[31mred\\x0aname" in by_name
     assert not any("\x1b" in n or "\n" in n for n in by_name)
+    # A name that is not UTF-8: listed, escaped, without details.
+    assert by_name["caf\\xe9.txt"]["type"] == "unknown"
 
     # get of the full backup as a tar stream, through a scratch restore
     # (a config without [backup_cluster]): same content as on cluster B.
@@ -264,15 +269,16 @@ def test_lvm_xfs_same_vg_name_in_two_backups_opened_at_once(
     made = []
     for n in range(2):
         volume = make_volume(alice, metadata={"cinderbak:policy": name})
-        image = tmp_path / f"lvm{n}.img"
         content = {
             f"/srv/volume{n}.txt": di.File(f"volume {n}\n".encode(), 0o600),
             "/srv/shared/blob": di.File(os.urandom(MIB + n), 0o644),
         }
-        di.build(image, 1024 * MIB, "lvm-xfs", content, vg="vgdata")
-        di.write_to_volume(stack, volume.id, image)
-        image.unlink()
         made.append((content, volume.id))
+    images = [(tmp_path / f"lvm{n}.img", c) for n, (c, _v) in enumerate(made)]
+    di.build_lvm_xfs(images, 1024 * MIB, vg="vgdata")
+    for (image, _c), (_c2, volume_id) in zip(images, made, strict=True):
+        di.write_to_volume(stack, volume_id, image)
+        image.unlink()
     rows = cinderbak.run(
         "run-once", "--policy", name, "--no-audit", check=True
     )
@@ -291,17 +297,17 @@ def test_lvm_xfs_same_vg_name_in_two_backups_opened_at_once(
         while not stop.wait(0.5):
             leaks.extend(_cmdlines_with(key))
 
-    def ls(n: int) -> None:
+    def get(n: int) -> None:
+        to = tmp_path / f"lvm{n}"
+        to.mkdir()
         proc = _run_raw(
-            cinderbak, "files", "ls", backups[n], "/srv", "-f", "json"
+            cinderbak, "files", "get", backups[n], "/srv", "--to", str(to)
         )
-        said = proc.stderr.decode(errors="replace")
-        results[n] = json.loads(proc.stdout) if proc.returncode == 0 else []
-        results[n + 10] = [proc.returncode, said]
+        results[n] = [proc.returncode, proc.stderr.decode(errors="replace")]
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    workers = [threading.Thread(target=ls, args=(n,)) for n in range(2)]
+    workers = [threading.Thread(target=get, args=(n,)) for n in range(2)]
     for w in workers:
         w.start()
     for w in workers:
@@ -309,20 +315,20 @@ def test_lvm_xfs_same_vg_name_in_two_backups_opened_at_once(
     stop.set()
     watcher.join()
     assert not leaks
-    for n in range(2):
-        code, said = results[n + 10]
+    for n, (content, _volume) in enumerate(made):
+        code, said = results[n]
         assert code == 0, said
         assert "/dev/vgdata/data (xfs), mounted ro" in said
-        names = {r["name"] for r in results[n]}
-        assert names == {f"volume{n}.txt", "shared"}
+        assert _tree(tmp_path / f"lvm{n}") == {
+            p.lstrip("/"): f.md5 for p, f in content.items()
+        }
 
-    # And one after the other: fetch from the first, checksums.
-    to = tmp_path / "lvm"
-    to.mkdir()
-    cinderbak.run("files", "get", backups[0], "/srv", "--to", str(to))
+    # And one after the other: find in the second.
+    rows = cinderbak.run("files", "find", backups[1], "volume*")
     assert cinderbak.last_returncode == 0, cinderbak.last_stderr
-    content = made[0][0]
-    assert _tree(to) == {p.lstrip("/"): f.md5 for p, f in content.items()}
+    assert [(r["name"], r["size"], r["mode"]) for r in rows] == [
+        ("/srv/volume1.txt", 9, "-rw-------")
+    ]
 
 
 needs_guest = pytest.mark.skipif(
