@@ -367,7 +367,8 @@ class BackupFs:
         return [result[p] for p in paths if p in result]
 
     def _entries(self, directory: str, names: list[str]) -> list[Entry]:
-        passable = [n for n in names if _utf8(n)]
+        # The binding takes UTF-8 paths only: other names get no details.
+        passable = [n for n in names if _utf8(n)] if _utf8(directory) else []
         stats: dict[str, Stat] = {}
         for i in range(0, len(passable), STAT_BATCH):
             batch = passable[i : i + STAT_BATCH]

@@ -51,7 +51,7 @@ class Sink(Protocol):
         info: tarfile.TarInfo,
         parts: tuple[str, ...],
         data: IO[bytes] | None,
-    ) -> Any: ...
+    ) -> Done: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,7 +362,7 @@ _SPECIAL_TYPES = {
 
 @dataclasses.dataclass
 class Fetched:
-    rows: list[Any]
+    rows: list[Done]
     bytes: int
     seconds: float
 
@@ -375,50 +375,98 @@ def fetch(
     clock: Callable[[], float] = time.monotonic,
 ) -> Fetched:
     """``files get``: each path (file, symlink or whole directory) into
-    ``sink``, under its full path relative to the backup's root."""
+    ``sink``, under its full path relative to the backup's root.
+
+    A directory's files come one download each: twice the throughput of
+    libguestfs's tar-out without KVM (20 vs 9 MiB/s here), where the
+    appliance's tar is the bottleneck. A tree of more than TAR_ABOVE
+    entries (the per-call cost wins) or with a name the Python binding
+    cannot pass back (not UTF-8) comes as one tar stream instead.
+    """
     started = clock()
-    rows: list[Any] = []
-    total = 0
+    rows: list[Done] = []
     for raw in paths:
         path = filepaths.backup_path(raw)
         prefix = filepaths.path_parts(path)
         st = fs.lstat(path)
-        kind = filelayout.file_type(st.mode)
-        if kind == "dir":
-            with fs.tar_out(path) as stream:
-                with tarfile.open(fileobj=stream, mode="r|") as tar:
-                    for member in tar:
-                        try:
-                            where = filepaths.member_parts(prefix, member.name)
-                        except filepaths.UnsafePath as exc:
-                            rows.append(
-                                _skipped(member.name, f"skipped: {exc}")
-                            )
-                            continue
-                        data = (
-                            tar.extractfile(member) if member.isreg() else None
-                        )
-                        done = sink.add(member, where, data)
-                        rows.append(done)
-                        if member.isreg() and done.result == "written":
-                            total += member.size
+        if filelayout.file_type(st.mode) != "dir":
+            target = ""
+            if filelayout.file_type(st.mode) == "symlink":
+                target = fs.readlink(path)
+            rows.append(_one(fs, path, prefix, st, target, sink))
             continue
-        info = tarfile.TarInfo(posixpath.basename(path))
-        info.mode, info.mtime, info.size = st.mode, st.mtime, 0
-        if kind == "file":
-            info.type, info.size = tarfile.REGTYPE, st.size
-            with fs.download(path) as data:
-                done = sink.add(info, prefix, data)
-            if done.result == "written":
-                total += st.size
-        elif kind == "symlink":
-            info.type, info.linkname = tarfile.SYMTYPE, fs.readlink(path)
-            done = sink.add(info, prefix, None)
-        else:  # a special file: the sink skips it and says so
-            info.type = _SPECIAL_TYPES.get(kind, tarfile.FIFOTYPE)
-            done = sink.add(info, prefix, None)
-        rows.append(done)
+        rel = fs.find(path)
+        entries = fs.entries_of([posixpath.join(path, r) for r in rel])
+        if (
+            len(entries) != len(rel)
+            or len(entries) > TAR_ABOVE
+            or any(e.stat is None for e in entries)
+        ):
+            rows.extend(_tarred(fs, path, prefix, sink))
+            continue
+        rows.append(_one(fs, path, prefix, st, "", sink))
+        for r, entry in zip(rel, entries, strict=True):
+            assert entry.stat is not None
+            try:
+                parts = filepaths.member_parts(prefix, r)
+            except filepaths.UnsafePath as exc:
+                rows.append(_skipped(r, f"skipped: {exc}"))
+                continue
+            rows.append(
+                _one(fs, entry.name, parts, entry.stat, entry.target, sink)
+            )
+    total = sum(
+        r.size for r in rows if r.kind == "file" and r.result == "written"
+    )
     return Fetched(rows, total, clock() - started)
+
+
+TAR_ABOVE = 2000
+
+
+def _one(
+    fs: backupfs.BackupFs,
+    path: str,
+    parts: tuple[str, ...],
+    st: backupfs.Stat,
+    target: str,
+    sink: Sink,
+) -> Done:
+    """One entry, from its lstat: a file's content is downloaded."""
+    kind = filelayout.file_type(st.mode)
+    info = tarfile.TarInfo(posixpath.basename(path))
+    info.mode, info.mtime, info.size = st.mode, st.mtime, 0
+    if kind == "file":
+        info.type, info.size = tarfile.REGTYPE, st.size
+        with fs.download(path) as data:
+            done: Done = sink.add(info, parts, data)
+        return done
+    if kind == "dir":
+        info.type = tarfile.DIRTYPE
+    elif kind == "symlink":
+        info.type, info.linkname = tarfile.SYMTYPE, target
+    else:  # a special file: the sink skips it and says so
+        info.type = _SPECIAL_TYPES.get(kind, tarfile.FIFOTYPE)
+    done = sink.add(info, parts, None)
+    return done
+
+
+def _tarred(
+    fs: backupfs.BackupFs, path: str, prefix: tuple[str, ...], sink: Sink
+) -> list[Done]:
+    """A whole directory through one tar stream."""
+    rows = []
+    with fs.tar_out(path) as stream:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                try:
+                    where = filepaths.member_parts(prefix, member.name)
+                except filepaths.UnsafePath as exc:
+                    rows.append(_skipped(member.name, f"skipped: {exc}"))
+                    continue
+                data = tar.extractfile(member) if member.isreg() else None
+                rows.append(sink.add(member, where, data))
+    return rows
 
 
 def _skipped(name: str, why: str) -> Done:
