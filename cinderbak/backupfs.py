@@ -350,8 +350,9 @@ class BackupFs:
         return self._entries(path, names)
 
     def find(self, path: str) -> list[str]:
-        """Every path under ``path``, relative to it."""
-        return self._names0(self.g.find0, path)
+        """Every path under ``path``, relative to it, parents first."""
+        # find0 keeps a leading "/" below a directory other than the root.
+        return [n.lstrip("/") for n in self._names0(self.g.find0, path)]
 
     def entries_of(self, paths: list[str]) -> list[Entry]:
         """lstat of absolute paths, grouped by directory."""

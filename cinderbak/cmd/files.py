@@ -10,7 +10,7 @@ from typing import Any
 
 from cliff.lister import Lister
 
-from cinderbak import backupfs, extract, filelayout, filerestore
+from cinderbak import extract, filelayout, filerestore
 from cinderbak.cmd.cli import CinderbakApp
 
 
@@ -60,6 +60,8 @@ class _FilesCommand(Lister):
         )
 
     def fail(self, exc: Exception) -> tuple[tuple[str, ...], list[Any]]:
+        """Say why (FilesError, BackupFsError, or libguestfs's own
+        RuntimeError) and exit 1."""
         self.app.stderr.write(f"cannot read the backup: {exc}\n")
         self.exit_code = 1
         return (), []
@@ -88,7 +90,7 @@ class FilesLs(_FilesCommand):
         try:
             with self.opened(parsed_args) as fs:
                 rows = filerestore.list_rows(fs, parsed_args.path)
-        except (filerestore.FilesError, FileNotFoundError) as exc:
+        except (RuntimeError, FileNotFoundError) as exc:
             return self.fail(exc)
         return filelayout.ENTRY_COLUMNS, rows
 
@@ -112,7 +114,7 @@ class FilesFind(_FilesCommand):
                 rows = filerestore.find_rows(
                     fs, parsed_args.pattern, parsed_args.under
                 )
-        except (filerestore.FilesError, FileNotFoundError) as exc:
+        except (RuntimeError, FileNotFoundError) as exc:
             return self.fail(exc)
         return filelayout.ENTRY_COLUMNS, rows
 
@@ -156,11 +158,7 @@ class FilesGet(_FilesCommand):
             with self.opened(parsed_args) as fs:
                 fetched = filerestore.fetch(fs, parsed_args.paths, sink)
                 sink.finish()
-        except (
-            filerestore.FilesError,
-            FileNotFoundError,
-            backupfs.BackupFsError,
-        ) as exc:
+        except (RuntimeError, FileNotFoundError) as exc:
             return self.fail(exc)
         finally:
             sink.close()
