@@ -35,12 +35,18 @@ def build_lvm_xfs(
     size: int,
     *,
     vg: str = "vgdata",
+    dirty_last: bool = False,
 ) -> None:
     """Make each image file: an MBR partition holding an LVM PV, VG ``vg``
     (the same name in every image), LV ``data`` with XFS holding its
     files. Host tools cannot make LVM on a plain file, so one libguestfs
     appliance makes them all, showing LVM one disk at a time (two VGs of
-    one name on two visible disks would clash)."""
+    one name on two visible disks would clash).
+
+    ``dirty_last``: the last XFS is left as a crash leaves it: its files
+    are written and unmounted cleanly, then it is mounted again, a file
+    ``/.dirty`` is created and synced, and the appliance is killed, so the
+    log holds a transaction and no unmount record (needs recovery)."""
     import guestfs
 
     g = guestfs.GuestFS(python_return_dict=True, close_on_exit=False)
@@ -69,6 +75,13 @@ def build_lvm_xfs(
                 g.chmod(f.mode, p)
                 g.utimens(p, f.mtime, 0, f.mtime, 0)
             g.umount_all()
+            if dirty_last and disk == g.list_devices()[-1]:
+                g.mount(device, "/")
+                g.touch("/.dirty")
+                g.sync()
+                g.set_autosync(False)  # no umount on the way out
+                g.kill_subprocess()
+                return
             g.vg_activate(False, [vg])
         g.shutdown()
     finally:

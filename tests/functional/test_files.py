@@ -261,7 +261,7 @@ def test_ext4_in_gpt_partition_full_then_incremental_and_hostile_names(
     )
 
 
-def test_lvm_xfs_same_vg_name_in_two_backups_opened_at_once(
+def test_lvm_xfs_same_vg_name_in_two_backups_opened_at_once_one_dirty(
     stack, alice, make_volume, cinderbak_config, tmp_path
 ):
     name = f"fl-{uuid.uuid4().hex[:8]}"
@@ -275,7 +275,7 @@ def test_lvm_xfs_same_vg_name_in_two_backups_opened_at_once(
         }
         made.append((content, volume.id))
     images = [(tmp_path / f"lvm{n}.img", c) for n, (c, _v) in enumerate(made)]
-    di.build_lvm_xfs(images, 1024 * MIB, vg="vgdata")
+    di.build_lvm_xfs(images, 1024 * MIB, vg="vgdata", dirty_last=True)
     for (image, _c), (_c2, volume_id) in zip(images, made, strict=True):
         di.write_to_volume(stack, volume_id, image)
         image.unlink()
@@ -318,10 +318,14 @@ def test_lvm_xfs_same_vg_name_in_two_backups_opened_at_once(
     for n, (content, _volume) in enumerate(made):
         code, said = results[n]
         assert code == 0, said
-        assert "/dev/vgdata/data (xfs), mounted ro" in said
         assert _tree(tmp_path / f"lvm{n}") == {
             p.lstrip("/"): f.md5 for p, f in content.items()
         }
+    # The second XFS was left with a log to replay: read without it.
+    assert "/dev/vgdata/data (xfs), mounted ro\n" in results[0][1]
+    assert "NEEDS RECOVERY" not in results[0][1]
+    assert "/dev/vgdata/data (xfs), mounted ro,norecovery" in results[1][1]
+    assert "NEEDS RECOVERY: the xfs filesystem needs recovery" in results[1][1]
 
     # And one after the other: find in the second.
     rows = cinderbak.run("files", "find", backups[1], "volume*")
