@@ -61,13 +61,6 @@ OPTS = [
         min=256,
         help="Memory of the libguestfs appliance that reads one backup.",
     ),
-    cfg.IntOpt(
-        "launch_timeout",
-        default=300,
-        min=10,
-        help="Seconds to wait for the appliance to start before giving "
-        "up (it boots in about 10-20 s without KVM).",
-    ),
 ]
 
 # Names per lstatnslist call: keeps each reply well under libguestfs's

@@ -104,7 +104,7 @@ def opened_lines(source: str, opened: backupfs.Opened) -> list[str]:
     chosen = opened.chosen
     others = [f for f in opened.found if f != chosen]
     lines = [
-        f"read from {source}",
+        f"read from {source} (appliance up in {opened.launch_seconds:.1f} s)",
         f"filesystem {chosen.device} ({chosen.fstype}), mounted "
         f"{opened.options}"
         + (f"; also found: {filelayout.describe(others)}" if others else ""),

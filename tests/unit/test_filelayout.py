@@ -169,7 +169,7 @@ def test_what_is_said_first_and_after_opening():
         1.0,
     )
     lines = filerestore.opened_lines("ceph backups/x@y", opened)
-    assert lines[0] == "read from ceph backups/x@y"
+    assert lines[0] == "read from ceph backups/x@y (appliance up in 1.0 s)"
     assert "mounted ro,noload; also found: /dev/sda2 (swap" in lines[1]
     assert lines[2].startswith("NEEDS RECOVERY: the ext4 filesystem")
 
