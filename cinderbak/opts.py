@@ -12,6 +12,8 @@ import itertools
 from oslo_config import cfg
 
 from cinderbak import (
+    backup_cluster,
+    backupfs,
     cloud,
     consistency,
     expiry,
@@ -37,6 +39,8 @@ _MODULES = (
     expiry,
     consistency,
     volume_cluster,
+    backup_cluster,
+    backupfs,
     fscheck,
     metrics,
     libvirt_quiescer,

@@ -31,6 +31,7 @@ from cinderbak import (
     verify,
 )
 from cinderbak.cloud import API_ERRORS
+from cinderbak.filerestore import RUN_PREFIX as FILES_RUN_PREFIX
 from cinderbak.journal import (
     RunRecord,
     StepRecord,
@@ -219,7 +220,9 @@ def recover(
     if unfinished is None:
         unfinished = parts.journal.unfinished_runs()
     for record in unfinished:
-        if record.policy.startswith(verify.RUN_PREFIX):
+        # A file-level restore that fell back to a scratch restore leaves
+        # the same kind of scratch volume as a verification.
+        if record.policy.startswith((verify.RUN_PREFIX, FILES_RUN_PREFIX)):
             settle_verification(parts, record)
         elif record.policy.startswith(expiry.RUN_PREFIX):
             parts.journal.finish_run(

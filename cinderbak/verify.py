@@ -262,8 +262,8 @@ class Verifier:
         fs = fscheck.FsCheck.not_checked("nothing restored")
         scratch_id = None
         try:
-            scratch_id = self._scratch_volume(run.id, backup)
-            self._restore(run.id, backup, scratch_id, row, timeout)
+            scratch_id = self.scratch_volume(run.id, backup)
+            self.restore_into(run.id, backup, scratch_id, row, timeout)
             digest, fs = self._read_and_check(scratch_id, backup, expected)
             row.check_seconds = round(digest.seconds, 1)
             row.check_mib_s = _rate(digest.checksum.size, digest.seconds)
@@ -272,7 +272,7 @@ class Verifier:
             row.problems.append(f"restore or read failed: {exc}")
         finally:
             if scratch_id:
-                self._delete_scratch(run.id, scratch_id, row)
+                self.delete_scratch_volume(run.id, scratch_id, row)
         verdict = verification.judge(
             expected=expected,
             restored_hexdigest=digest.checksum.hexdigest if digest else None,
@@ -311,7 +311,7 @@ class Verifier:
         except ValueError as exc:
             return None, f"backup {backup_id}: {exc}", False
 
-    def _scratch_volume(self, run_id: str, backup: Backup) -> str:
+    def scratch_volume(self, run_id: str, backup: Backup) -> str:
         """Create the scratch volume in our own project; journal first."""
         storage = self.cloud.service.block_storage
         step = self.journal.begin_step(
@@ -336,7 +336,7 @@ class Verifier:
         self.journal.complete_step(step)
         return volume.id
 
-    def _restore(
+    def restore_into(
         self,
         run_id: str,
         backup: Backup,
@@ -387,7 +387,7 @@ class Verifier:
             fs = fscheck.check_filesystem(copy.name, conf=self.conf)
         return digest, fs
 
-    def _delete_scratch(
+    def delete_scratch_volume(
         self, run_id: str, scratch_id: str, row: VerifyRow
     ) -> None:
         """Delete the scratch volume; an open step lets recovery retry."""

@@ -87,6 +87,9 @@ class VolumeCluster:
         )
         self._cluster.connect()
         self.pools = list(pools)
+        self.conffile = conffile
+        self.user = user
+        self.keyring = keyring
 
     @classmethod
     def from_conf(cls, conf: cfg.ConfigOpts) -> VolumeCluster | None:
@@ -133,6 +136,16 @@ class VolumeCluster:
         raise LookupError(
             f"no image {where} in pool(s) {', '.join(self.pools)}"
         )
+
+    def pool_of(self, name: str) -> str | None:
+        """The first configured pool holding image ``name``, or None."""
+        import rbd
+
+        for pool in self.pools:
+            with self._cluster.open_ioctx(pool) as ioctx:
+                if name in rbd.RBD().list(ioctx):
+                    return pool
+        return None
 
     def snapshots(self, volume_id: str) -> list[str]:
         """Return the RBD snapshot names of a volume's image; [] when the

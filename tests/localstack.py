@@ -90,6 +90,12 @@ class Stack:
         """The read-only cephx user on cluster A (client.cinderbak-ro)."""
         return self.ceph("a").users["readonly"]
 
+    @property
+    def backup_readonly_user(self) -> CephUser:
+        """The read-only cephx user on cluster B (client.cinderbak-backup-ro,
+        ``profile rbd-read-only pool=backups``)."""
+        return self.ceph("b").users["readonly"]
+
     def password(self, user: str) -> str:
         """Password of a Keystone user (from the stack's secrets file)."""
         key = "LS_PW_" + user.upper()

@@ -113,7 +113,7 @@ class FsState:
 
 class TinyGuest:
     """One state directory of tools/tinyguest (default ``<repo>/.tinyguest``,
-    or ``$TINYGUEST_STATE``)."""
+    or ``$TINYGUEST_STATE``, or ``$TINYGUEST_DIR``)."""
 
     def __init__(self, state_dir: Path | None = None) -> None:
         self.env = dict(os.environ)

@@ -4,7 +4,8 @@
 #   A (volume cluster): mon a + mgr x + osd.0, pool volumes,
 #     users client.cinder (rbd) and client.cinderbak-ro (rbd read-only).
 #   B (backup cluster): mon a + osd.0, no mgr, pool backups,
-#     user client.cinder-backup.
+#     users client.cinder-backup (rbd) and client.cinderbak-backup-ro (rbd
+#     read-only: `cinderbak files` reads backups where they lie).
 # The daemons fork into the background themselves; their pid files live in
 # <dir>/run/<name>.pid.
 #
@@ -220,8 +221,22 @@ ceph_create() {  # ceph_create L: bootstrap a new cluster from nothing
     else
         ceph_user "$d" client.cinder-backup mon 'profile rbd' osd "profile rbd pool=$POOL" mgr "profile rbd pool=$POOL"
     fi
+    ceph_readonly_users "$L"
     chmod 600 "$d"/*.keyring
     touch "$d/.created"
+}
+
+# ceph_readonly_users L: the read-only users, also on a cluster made before
+# they existed (get-or-create with the same caps is a no-op).
+ceph_readonly_users() {
+    local d
+    d=$(ceph_dir "$1")
+    ceph_params "$1"
+    if [[ $1 == b && ! -s $d/ceph.client.cinderbak-backup-ro.keyring ]]; then
+        ceph_user "$d" client.cinderbak-backup-ro mon 'profile rbd' osd "profile rbd-read-only pool=$POOL"
+        chmod 600 "$d/ceph.client.cinderbak-backup-ro.keyring"
+    fi
+    return 0
 }
 
 ceph_user() {  # ceph_user DIR NAME CAPS...: create a cephx user, keyring in DIR
@@ -246,6 +261,7 @@ ceph_up() {  # ceph_up L: create the cluster, or start whatever of it is down
     ((WITH_MGR)) && ceph_daemon "$L" mgr x
     ceph_daemon "$L" osd 0
     ((STARTED)) && ceph_wait "$L"
+    ceph_readonly_users "$L"
     STARTED=$((STARTED | before))
     return 0
 }

@@ -56,7 +56,13 @@ def main(argv: list[str]) -> None:
         {"cinder": "cinder", "readonly": "cinderbak-ro"},
     )
     a["readonly"] = a["users"]["readonly"]
-    b = ceph("b", "backup", "backups", {"cinder-backup": "cinder-backup"})
+    b = ceph(
+        "b",
+        "backup",
+        "backups",
+        {"cinder-backup": "cinder-backup", "readonly": "cinderbak-backup-ro"},
+    )
+    b["readonly"] = b["users"]["readonly"]
     ports = json.loads(os.environ["LS_PORTS_JSON"])
     stack = {
         "schema": 1,
