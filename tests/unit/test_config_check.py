@@ -59,9 +59,10 @@ def test_a_good_configuration_has_no_problem():
         (
             "[workflow]\n",
             "[workflow] (section): unknown section (c.conf:9); expected "
-            "[policy:NAME] or one of [cloud], [consistency], [daemon], "
-            "[expiry], [journal], [libvirt], [limits], [metrics], "
-            "[service_auth], [verify], [volume_cluster]",
+            "[policy:NAME] or one of [backup_cluster], [cloud], "
+            "[consistency], [daemon], [expiry], [files], [journal], "
+            "[libvirt], [limits], [metrics], [service_auth], [verify], "
+            "[volume_cluster]",
         ),
         (
             "[policy:weekly]\nschedule = every 99999999999d\n",
@@ -109,7 +110,8 @@ def test_a_misspelled_policy_section_suggests_the_policy():
     assert len(found) == 1
     assert found[0].startswith(
         "[polcy:weekly] (section): unknown section (c.conf:9); did you mean "
-        "[policy:weekly]? expected [policy:NAME] or one of [cloud]"
+        "[policy:weekly]? expected [policy:NAME] or one of "
+        "[backup_cluster], [cloud]"
     )
 
 
