@@ -25,7 +25,7 @@ from openstack.block_storage.v3.backup import Backup
 from openstack.block_storage.v3.volume import Volume
 from oslo_log import log as logging
 
-from cinderbak import fscheck, metrics, tenant, verification
+from cinderbak import fscheck, metrics, tenant, verification, waiting
 from cinderbak.backups import parse_time
 from cinderbak.discovery import SCRATCH_PREFIX, is_scratch
 from cinderbak.journal import states, steps
@@ -472,7 +472,8 @@ class Verifier:
     ) -> Any:
         """Poll until ``status``; raise on an error status, or when the
         clock passes ``deadline``."""
-        while True:
+
+        def reached() -> Any:
             current = self.cloud.call(get, resource_id)
             if current.status == status:
                 return current
@@ -481,12 +482,15 @@ class Verifier:
                     f"{type(current).__name__.lower()} {resource_id} went "
                     f"to {current.status}"
                 )
-            if self.clock() >= deadline:
-                raise TimeoutError(
-                    f"{resource_id} still {current.status} at the deadline"
-                )
-            if self.stop.wait(self.conf.poll_interval):
-                raise RuntimeError("stopping")
+            return None
+
+        return waiting.poll(
+            reached,
+            timeout=max(0.0, deadline - self.clock()),
+            interval=self.conf.poll_interval,
+            what=f"{resource_id} to be {status}",
+            stop=self.stop,
+        )
 
 
 # A volume in these states cannot be deleted yet; a restore that was
@@ -508,15 +512,15 @@ def delete_scratch(
     Raise TimeoutError when it stays busy or deleting past ``timeout``.
     """
     storage = cloud.service.block_storage
-    stop = stop or threading.Event()
-    deadline = time.monotonic() + timeout
     asked = False
-    while True:
+
+    def gone() -> bool | None:
+        nonlocal asked
         volume = cloud.call(
             storage.find_volume, scratch_id, ignore_missing=True
         )
         if volume is None:
-            return
+            return True
         ours = cloud.service.current_project_id or ""
         if not isinstance(volume, Volume) or not is_scratch(volume, ours):
             raise RuntimeError(
@@ -526,11 +530,15 @@ def delete_scratch(
         if not asked and volume.status not in _BUSY:
             cloud.call(storage.delete_volume, scratch_id, ignore_missing=True)
             asked = True
-        if time.monotonic() >= deadline:
-            raise TimeoutError(
-                f"scratch volume {scratch_id} still {volume.status}"
-            )
-        stop.wait(interval)
+        return None
+
+    waiting.poll(
+        gone,
+        timeout=timeout,
+        interval=interval,
+        what=f"scratch volume {scratch_id} to be deleted",
+        stop=stop,
+    )
 
 
 def verify_one(

@@ -13,9 +13,8 @@ from typing import Any, TypeVar
 import openstack.connection
 from openstack import exceptions as sdk_exceptions
 
-from cinderbak import restore, tenant
+from cinderbak import listing, restore, tenant, waiting
 from cinderbak.cmd.base import EscapedLister, Table
-from cinderbak.discovery import PAGE_SIZE
 from cinderbak.workflow import resource_name
 
 COLUMNS = (
@@ -40,8 +39,6 @@ GROUP_COLUMNS = (
     "error",
     "opt_in",
 )
-# Backup metadata is listed from this microversion on; ``name~`` from 3.34.
-LIST_MICROVERSION = "3.43"
 T = TypeVar("T")
 PROJECT_ATTR = "os-backup-project-attr:project_id"
 # Restores run long: a 1 TiB volume can take hours.
@@ -297,23 +294,25 @@ class Restore(EscapedLister):
     ) -> T:
         """Poll until ``status``; raise on a failure status or timeout."""
         cloud = self.parts().cloud
-        interval = self.parts().conf.poll_interval
-        while True:
+
+        def reached() -> T | None:
             current = cloud.call(get, resource_id)
             now = getattr(current, "status", None)
             if now == status:
                 return current
-            kind = type(current).__name__.lower()
             if now in failures:
+                kind = type(current).__name__.lower()
                 raise RuntimeError(
                     f"{kind} {resource_id} went to {now} during the restore"
                 )
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"{kind} {resource_id} still {now}; "
-                    "gave up waiting (see --timeout)"
-                )
-            time.sleep(interval)
+            return None
+
+        return waiting.poll(
+            reached,
+            timeout=max(0.0, deadline - time.monotonic()),
+            interval=self.parts().conf.poll_interval,
+            what=f"{resource_id} to be {status} (see --timeout)",
+        )
 
     # -- a restore point -------------------------------------------------
 
@@ -403,30 +402,12 @@ class Restore(EscapedLister):
         backup a run creates has.
         """
         cloud = self.parts().cloud
-        storage = cloud.service.block_storage
-        query: dict[str, object] = {"all_tenants": 1, "limit": PAGE_SIZE}
+        query: dict[str, object] = {"all_tenants": 1}
         if narrowed:
             query["name~"] = resource_name("")
-
-        def page(marker: str | None) -> dict[str, Any]:
-            params = query | ({"marker": marker} if marker else {})
-            response = storage.get(
-                "/backups/detail",
-                params=params,
-                microversion=LIST_MICROVERSION,
-            )
-            response.raise_for_status()
-            answer: dict[str, Any] = response.json()
-            return answer
-
-        marker = None
-        while True:
-            answer = cloud.call(page, marker)
-            items = answer.get("backups") or []
-            yield from items
-            if not items or not answer.get("backups_links"):
-                return
-            marker = items[-1]["id"]
+        yield from listing.pages(
+            cloud, cloud.service, "/backups/detail", "backups", query
+        )
 
     def _start(
         self,
@@ -478,22 +459,27 @@ class Restore(EscapedLister):
         self, progress: list[_Progress], started: float, deadline: float
     ) -> None:
         """Poll every restore under way until each is over or time is up."""
-        interval = self.parts().conf.poll_interval
-        while True:
-            pending = [p for p in progress if p.status == "restoring"]
-            for item in pending:
-                self._poll(item, started)
-            pending = [p for p in pending if p.status == "restoring"]
-            if not pending:
-                return
-            if time.monotonic() >= deadline:
-                for item in pending:
+
+        def all_over() -> bool | None:
+            for item in progress:
+                if item.status == "restoring":
+                    self._poll(item, started)
+            return not any(p.status == "restoring" for p in progress) or None
+
+        try:
+            waiting.poll(
+                all_over,
+                timeout=max(0.0, deadline - time.monotonic()),
+                interval=self.parts().conf.poll_interval,
+                what="the restores",
+            )
+        except TimeoutError:
+            for item in progress:
+                if item.status == "restoring":
                     item.status = "timeout"
                     item.error = (
                         f"{item.seen}; gave up waiting (see --timeout)"
                     )
-                return
-            time.sleep(interval)
 
     def _poll(self, item: _Progress, started: float) -> None:
         cloud = self.parts().cloud
