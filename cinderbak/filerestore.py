@@ -318,16 +318,17 @@ def list_rows(fs: backupfs.BackupFs, path: str) -> list[tuple[Any, ...]]:
         if entry.stat is None:
             rows.append((escape_name(entry.name), "unknown", 0, "?", "", ""))
             continue
-        rows.append(
-            filelayout.entry_row(
-                entry.name,
-                entry.stat.mode,
-                entry.stat.size,
-                entry.stat.mtime,
-                entry.target,
-            )
-        )
+        rows.append(_entry_row(entry))
     return rows
+
+
+def _entry_row(entry: backupfs.Entry) -> tuple[Any, ...]:
+    """One listed entry (with its stat) as a table row."""
+    stat = entry.stat
+    assert stat is not None  # callers skip or mark the entries without
+    return filelayout.entry_row(
+        entry.name, stat.mode, stat.size, stat.mtime, entry.target
+    )
 
 
 def find_rows(
@@ -341,15 +342,7 @@ def find_rows(
     for entry in fs.entries_of(full):
         if entry.stat is None:
             continue
-        rows.append(
-            filelayout.entry_row(
-                entry.name,
-                entry.stat.mode,
-                entry.stat.size,
-                entry.stat.mtime,
-                entry.target,
-            )
-        )
+        rows.append(_entry_row(entry))
     return rows
 
 
