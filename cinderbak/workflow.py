@@ -537,19 +537,16 @@ class PolicyRun:
         whether the backup service is alive; if not, give up at once
         instead of waiting out every backup's timeout."""
         waiting = [
-            j.submitted for j in in_flight if j.phase is Phase.BACKING_UP
+            j.submitted
+            for j in in_flight
+            if j.phase is Phase.BACKING_UP and j.submitted is not None
         ]
         if not waiting or self.gave_up is not None:
             return
         now = self.clock()
         floor = max(3 * self.conf.poll_interval, 30.0)
         bound = runplan.stall_bound(self._completed_seconds, floor)
-        oldest = (
-            min(w for w in waiting if w is not None)
-            if any(w is not None for w in waiting)
-            else None
-        )
-        if not runplan.stalled(oldest, self._last_progress, now, bound):
+        if not runplan.stalled(min(waiting), self._last_progress, now, bound):
             return
         if now - self._last_service_check < floor:
             return
