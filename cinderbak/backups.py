@@ -31,24 +31,24 @@ def parse_time(value: str | None) -> datetime.datetime | None:
     return parsed
 
 
+PLANNED_FIELDS = (
+    "id",
+    "metadata",
+    "created_at",
+    "data_timestamp",
+    "is_incremental",
+    "status",
+    "has_dependent_backups",
+)
+"""What the planner reads of a backup; the SDK's attribute names are the
+API's JSON keys, so both shapes convert through one function."""
+
+
 def to_info(backup: Any, deployment_id: str) -> BackupInfo:
     """Convert an SDK backup to the planner's view of it."""
-    metadata = dict(backup.metadata or {})
-    try:
-        held = tenant.is_held(backup.id, metadata)
-    except tenant.MetadataError as exc:
-        LOG.warning("%s; keeping the backup as held", exc)
-        held = True
-    created = parse_time(backup.created_at)
-    return BackupInfo(
-        id=backup.id,
-        created_at=created,
-        data_timestamp=parse_time(backup.data_timestamp) or created,
-        is_incremental=bool(backup.is_incremental),
-        status=backup.status,
-        ours=tenant.is_ours(metadata, deployment_id),
-        held=held,
-        has_dependent_backups=bool(backup.has_dependent_backups),
+    return info_from_dict(
+        {field: getattr(backup, field, None) for field in PLANNED_FIELDS},
+        deployment_id,
     )
 
 

@@ -42,7 +42,13 @@ from cinderbak.phases import Phase
 from cinderbak.quiesce.base import QuiesceError, ServerRef
 from cinderbak.service import Parts
 from cinderbak.summary import Outcome
-from cinderbak.workflow import Job, PolicyRun, resource_name, write_back
+from cinderbak.workflow import (
+    POLICY_TARGET,
+    Job,
+    PolicyRun,
+    resource_name,
+    write_back,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -246,7 +252,6 @@ def recover(
 
 
 RECOVERY_WORKERS = 4
-POLICY_TARGET = "*"
 
 
 def _recover_slot(

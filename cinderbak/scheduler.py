@@ -50,7 +50,7 @@ from cinderbak.journal import (
 from cinderbak.policy import Policy
 from cinderbak.service import Parts
 from cinderbak.summary import Outcome
-from cinderbak.workflow import PolicyRun, report_problem
+from cinderbak.workflow import POLICY_TARGET, PolicyRun, report_problem
 
 LOG = logging.getLogger(__name__)
 
@@ -118,8 +118,6 @@ OPTS = [
     ),
 ]
 
-POLICY_TARGET = "*"
-"""Target of the policy-level run that stands for a whole slot."""
 
 AUDIT_JOB = "cinderbak:audit"
 PRUNE_JOB = "cinderbak:prune"

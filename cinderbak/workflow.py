@@ -95,6 +95,10 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     return [("DEFAULT", OPTS)]
 
 
+POLICY_TARGET = "*"
+"""Target of the policy-level run that stands for a whole slot."""
+
+
 def resource_name(run_label: str) -> str:
     """Name of everything a run creates: recovery finds leaks by it."""
     return f"cinderbak-{run_label}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
-from cinderbak import scheduler
+from cinderbak import scheduler, workflow
 from cinderbak.cmd.status import _JournalLister, when
 from cinderbak.journal import Journal, RunRecord
 
@@ -28,7 +28,7 @@ def run_row(run: RunRecord) -> tuple[object, ...]:
     """Given a run, return its row: a volume's outcome, or for a
     policy-level run (target '*') the counts of its slot."""
     summary = run.summary or {}
-    if run.target == scheduler.POLICY_TARGET:
+    if run.target == workflow.POLICY_TARGET:
         result = scheduler.summary_text(summary)
     else:
         result = summary.get("error") or "; ".join(summary.get("notes") or ())
