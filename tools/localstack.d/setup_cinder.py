@@ -77,12 +77,22 @@ def wait_status(conn, get, res, want: str, timeout: float):
     )
 
 
+def delete_backup(conn, backup) -> None:
+    """Delete a readiness backup. The Ceph backup driver does not support
+    force delete (405), so a backup stuck in a transient state is reset to
+    error first, which a plain delete accepts."""
+    bs = conn.block_storage
+    if backup.status not in ("available", "error"):
+        bs.reset_backup_status(backup, "error")
+    bs.delete_backup(backup)
+    bs.wait_for_delete(backup, interval=0.5, wait=120)
+
+
 def remove_leftovers(conn) -> None:
     """Delete readiness volumes/backups an interrupted earlier run left."""
     bs = conn.block_storage
     for backup in bs.backups(name=READINESS):
-        bs.delete_backup(backup, force=True)
-        bs.wait_for_delete(backup, interval=0.5, wait=120)
+        delete_backup(conn, backup)
     for vol in bs.volumes(name=READINESS):
         bs.delete_volume(vol, force=True)
         bs.wait_for_delete(vol, interval=0.5, wait=120)
@@ -124,8 +134,7 @@ def check(conn) -> None:
             f"readiness backup {backup.id} is {backup.status}: "
             f"{backup.fail_reason}"
         )
-        bs.delete_backup(backup, force=True)
-        bs.wait_for_delete(backup, interval=0.5, wait=60)
+        delete_backup(conn, backup)
         wait_status(conn, bs.get_volume, vol, "available", 60)
         if time.monotonic() > deadline:
             sys.exit("no backup could be made")
