@@ -777,6 +777,7 @@ def expire_policy(
     dry_run: bool,
     max_deletions: int | None = None,
     stop: threading.Event | None = None,
+    owns: Callable[[str], bool] | None = None,
 ) -> list[ExpiryRow]:
     """Plan every volume of ``policy`` and delete what the plans say.
 
@@ -785,10 +786,16 @@ def expire_policy(
     is deleted and nothing is written to the journal. ``max_deletions``
     defaults to ``[expiry] max_deletions_per_pass``. ``stop`` ends the
     pass early; deletions already requested then finish in Cinder and
-    their steps stay open for the next start.
+    their steps stay open for the next start. ``owns`` (a volume id to
+    whether this daemon expires it) divides the deletions between the
+    daemons of a region.
     """
     plans, rows = plan_policy(parts, policy, now, max_deletions=max_deletions)
-    work = [p for p in plans if p.plan.deletions]
+    work = [
+        p
+        for p in plans
+        if p.plan.deletions and (owns is None or owns(p.volume_id))
+    ]
     if dry_run:
         for p in work:
             rows.extend(p.row(d, DRY_RUN) for d in p.plan.deletions)

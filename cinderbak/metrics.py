@@ -65,6 +65,19 @@ CHECK_RATE = prometheus_client.Gauge(
     registry=REGISTRY,
 )
 
+TAKEOVERS = prometheus_client.Counter(
+    "cinderbak_takeovers",
+    "Takeovers of the work of a daemon that left the group, by the "
+    "daemon taken over (as many series as daemons in the region).",
+    ["host"],
+    registry=REGISTRY,
+)
+TAKEOVER_THAWS = prometheus_client.Counter(
+    "cinderbak_takeover_thaws",
+    "Guests a survivor thawed that a dead daemon had left frozen.",
+    registry=REGISTRY,
+)
+
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(OPTS, group=GROUP)
@@ -83,6 +96,14 @@ def serve(conf: cfg.ConfigOpts) -> None:
         group.port, addr=group.address, registry=REGISTRY
     )
     LOG.info("metrics on http://%s:%d/metrics", group.address, group.port)
+
+
+def record_takeover(host: str) -> None:
+    TAKEOVERS.labels(host).inc()
+
+
+def record_takeover_thaws(count: int) -> None:
+    TAKEOVER_THAWS.inc(count)
 
 
 def record_backup(policy: str, status: str) -> None:

@@ -16,6 +16,7 @@ from cinderbak import (
     backupfs,
     cloud,
     consistency,
+    coordination,
     expiry,
     fscheck,
     journal,
@@ -46,6 +47,7 @@ _MODULES = (
     libvirt_quiescer,
     scheduler,
     policy,
+    coordination,
 )
 
 

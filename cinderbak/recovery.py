@@ -43,9 +43,9 @@ from cinderbak.quiesce.base import QuiesceError, ServerRef
 from cinderbak.service import Parts
 from cinderbak.summary import Outcome
 from cinderbak.workflow import (
-    POLICY_TARGET,
     Job,
     PolicyRun,
+    is_slot_target,
     resource_name,
     write_back,
 )
@@ -54,7 +54,9 @@ LOG = logging.getLogger(__name__)
 
 
 def thaw_left_frozen(
-    parts: Parts, frozen: Sequence[StepRecord] | None = None
+    parts: Parts,
+    frozen: Sequence[StepRecord] | None = None,
+    host: str | None = None,
 ) -> int:
     """Thaw every guest the journal shows frozen; return how many.
 
@@ -63,7 +65,9 @@ def thaw_left_frozen(
     the journal and is tried again at the next start.
     """
     thawed = 0
-    listed = parts.journal.frozen_servers() if frozen is None else frozen
+    listed = (
+        parts.journal.frozen_servers(host=host) if frozen is None else frozen
+    )
     for step in listed:
         server = ServerRef(step.target, step.details.get("host"))
         try:
@@ -77,7 +81,11 @@ def thaw_left_frozen(
             step.run_id,
             steps.THAW,
             target=step.target,
-            details={"by": "recovery", "filesystems": count},
+            details={
+                "by": "recovery",
+                "filesystems": count,
+                "host": parts.journal.host,
+            },
         )
         parts.journal.complete_step(thaw)
         if step.is_open:
@@ -92,7 +100,7 @@ def thaw_left_frozen(
     return thawed
 
 
-def sweep(parts: Parts) -> dict[str, int]:
+def sweep(parts: Parts, host: str | None = None) -> dict[str, int]:
     """Settle what finished runs left behind; return counts of what moved.
 
     Convergent and idempotent: each pass looks at what Cinder says now
@@ -101,17 +109,18 @@ def sweep(parts: Parts) -> dict[str, int]:
     deleted, an error backup deleted, a late available backup recorded).
     Running it again, or twice at once, does nothing more. The daemon
     runs it at start-up and on ``[daemon] sweep_interval``; ``run-once``
-    runs it first.
+    runs it first. ``host`` sweeps after another daemon (a takeover);
+    this host's records by default.
     """
     counts: collections.Counter[str] = collections.Counter()
     journal = parts.journal
-    for step in journal.unsettled_creations(steps.SNAPSHOT_CREATE):
+    for step in journal.unsettled_creations(steps.SNAPSHOT_CREATE, host=host):
         counts[_sweep_snapshot(parts, step)] += 1
-    for step in journal.unsettled_creations(steps.BACKUP_CREATE):
+    for step in journal.unsettled_creations(steps.BACKUP_CREATE, host=host):
         counts[_sweep_backup(parts, step)] += 1
     # Deletions requested before a stop and never confirmed.
     get_snapshot = parts.cloud.service.block_storage.get_snapshot
-    for step in journal.open_steps(kind=steps.SNAPSHOT_DELETE):
+    for step in journal.open_steps(kind=steps.SNAPSHOT_DELETE, host=host):
         if not step.resource_id:
             continue
         try:
@@ -206,6 +215,7 @@ def recover(
     stop: threading.Event,
     unfinished: Sequence[RunRecord] | None = None,
     frozen: Sequence[StepRecord] | None = None,
+    host: str | None = None,
 ) -> list[Outcome]:
     """Settle every unfinished run of this host; return their outcomes.
 
@@ -217,14 +227,15 @@ def recover(
     steps show and carried on by the same engine as a fresh run; runs of
     one (policy, slot) share one engine, slots are settled in parallel
     (bounded). A resource that vanished meanwhile settles its job at
-    once. Safe to repeat: a settled record is a no-op.
+    once. Safe to repeat: a settled record is a no-op. ``host`` names a
+    dead daemon whose records a survivor takes over.
     """
-    thaw_left_frozen(parts, frozen)
+    thaw_left_frozen(parts, frozen, host)
     by_slot: dict[tuple[str, Any], list[RunRecord]] = collections.defaultdict(
         list
     )
     if unfinished is None:
-        unfinished = parts.journal.unfinished_runs()
+        unfinished = parts.journal.unfinished_runs(host=host)
     for record in unfinished:
         # A file-level restore that fell back to a scratch restore leaves
         # the same kind of scratch volume as a verification.
@@ -236,7 +247,7 @@ def recover(
                 states.FAILED,
                 {"error": "interrupted; the next pass plans again"},
             )
-        elif record.target != POLICY_TARGET:
+        elif not is_slot_target(record.target):
             by_slot[(record.policy, record.scheduled_at)].append(record)
     outcomes: list[Outcome] = []
     with concurrent.futures.ThreadPoolExecutor(
@@ -247,7 +258,7 @@ def recover(
             sorted(by_slot.items(), key=lambda kv: (kv[0][0], kv[0][1])),
         ):
             outcomes.extend(result)
-    sweep(parts)
+    sweep(parts, host)
     return outcomes
 
 

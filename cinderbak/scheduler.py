@@ -39,7 +39,15 @@ from apscheduler.triggers.interval import IntervalTrigger
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import discovery, expiry, recovery, systemd, verify
+from cinderbak import (
+    discovery,
+    expiry,
+    membership,
+    metrics,
+    recovery,
+    systemd,
+    verify,
+)
 from cinderbak.journal import (
     InvalidTransition,
     RunRecord,
@@ -50,7 +58,12 @@ from cinderbak.journal import (
 from cinderbak.policy import Policy
 from cinderbak.service import Parts
 from cinderbak.summary import Outcome
-from cinderbak.workflow import POLICY_TARGET, PolicyRun, report_problem
+from cinderbak.workflow import (
+    PolicyRun,
+    is_slot_target,
+    report_problem,
+    slot_target,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -124,6 +137,7 @@ PRUNE_JOB = "cinderbak:prune"
 SWEEP_JOB = "cinderbak:sweep"
 EXPIRY_JOB = "cinderbak:expiry"
 HEARTBEAT_JOB = "cinderbak:heartbeat"
+MEMBERSHIP_JOB = "cinderbak:membership"
 CATCH_UP_SUFFIX = "@catch-up"
 VERIFY_SUFFIX = "@verify"
 """Job ids: a policy's job is its name. Policy names cannot contain ':'
@@ -369,6 +383,15 @@ class Daemon:
                 ].misfire_grace_time,
             )
         self._add_service_jobs(now)
+        if self.members.coordinated:
+            self.scheduler.add_job(
+                self._watch_members,
+                IntervalTrigger(seconds=self.conf.coordination.check_interval),
+                id=MEMBERSHIP_JOB,
+                name="membership of the daemons' group",
+                misfire_grace_time=None,
+                max_instances=1,
+            )
         interval = systemd.watchdog_interval(self._environ)
         if interval:
             self.scheduler.add_job(
@@ -497,6 +520,30 @@ class Daemon:
 
     # -- the jobs --------------------------------------------------------
 
+    @property
+    def members(self) -> Any:
+        """This daemon's place in the group (see cinderbak.coordination)."""
+        return self.parts.members
+
+    def _slot_target(self) -> str:
+        members = self.members
+        return slot_target(members.member_id if members.coordinated else None)
+
+    def _owns(self, item: discovery.Target | discovery.Problem) -> bool:
+        """Whether this daemon backs up ``item``: the member the ring gives
+        its server's freeze group (or the detached volume) to."""
+        server = None
+        if isinstance(item, discovery.Target) and item.attachments:
+            server = item.attachments[0].server_id
+        return bool(
+            self.members.owns(membership.partition_key(server, item.volume_id))
+        )
+
+    def _owns_volume(self, volume_id: str) -> bool:
+        return bool(
+            self.members.owns(membership.partition_key(None, volume_id))
+        )
+
     def _claim(self, key: str, what: str) -> str | None:
         """Mark work as in progress; return what holds ``key`` if busy."""
         with self._cond:
@@ -558,7 +605,7 @@ class Daemon:
         name = known.name
         handle = journal.begin_run(
             name,
-            POLICY_TARGET,
+            self._slot_target(),
             slot,
             project_id=None,
             attrs={"kind": "policy", "schedule": known.schedule.text},
@@ -585,20 +632,52 @@ class Daemon:
         known: Policy,
         policies: Mapping[str, Policy],
         slot: datetime.datetime,
+        *,
+        leftovers_of: str | None = None,
     ) -> None:
         """Discover and back up a slot whose policy-level run is RUNNING;
         the number of volumes found is journaled first, so an
-        interrupted slot is never settled as a success with fewer."""
+        interrupted slot is never settled as a success with fewer.
+
+        Among several daemons, only the volumes this one owns are backed
+        up. ``leftovers_of`` names a dead daemon whose share of the slot
+        this one finishes: every volume of the slot that no daemon has
+        begun yet (a volume begun twice is still backed up once: its run
+        is keyed by the slot).
+        """
         journal = self.parts.journal
         name = known.name
         try:
             found = discovery.discover(self.parts.cloud, policies, [name])
+            if leftovers_of is not None:
+                begun = journal.targets_of_slot(name, slot)
+                mine = [f for f in found if f.volume_id not in begun]
+            else:
+                mine = [f for f in found if self._owns(f)]
             step = journal.begin_step(
-                run_id, steps.DISCOVER, target=POLICY_TARGET
+                run_id, steps.DISCOVER, target=self._slot_target()
             )
-            journal.complete_step(step, details={"volumes": len(found)})
+            details: dict[str, Any] = {"volumes": len(mine)}
+            if self.members.coordinated:
+                details.update(
+                    discovered=len(found),
+                    member=self.members.member_id,
+                    members=sorted(self.members.members()),
+                )
+            if leftovers_of is not None:
+                details["leftovers_of"] = leftovers_of
+            journal.complete_step(step, details=details)
+            if len(mine) != len(found):
+                LOG.info(
+                    "policy %s, slot %s: %d of %d volumes are this "
+                    "daemon's share",
+                    name,
+                    slot,
+                    len(mine),
+                    len(found),
+                )
             run = PolicyRun.for_parts(self.parts, known, slot, stop=self.stop)
-            outcomes = run.execute(found)
+            outcomes = run.execute(mine)
         except Exception as exc:
             journal.finish_run(
                 run_id,
@@ -606,7 +685,7 @@ class Daemon:
                 {"error": f"{type(exc).__name__}: {exc}"},
             )
             raise
-        summary = slot_summary(outcomes, len(found))
+        summary = slot_summary(outcomes, len(mine))
         if self.stop.is_set() and summary["interrupted"]:
             # Left open like after a kill -9: the next start settles it
             # once recovery has finished the volumes' runs it stands for.
@@ -640,7 +719,7 @@ class Daemon:
         """Record a slot that will not run, unless it is already known."""
         handle = self.parts.journal.begin_run(
             name,
-            POLICY_TARGET,
+            self._slot_target(),
             slot,
             project_id=None,
             attrs={"kind": "policy"},
@@ -675,6 +754,8 @@ class Daemon:
             self._record_slot(known.name, slot, state, reason)
 
     def _audit(self) -> None:
+        if not self.members.is_leader():
+            return
         if self.stop.is_set() or self._claim("audit", "audit"):
             return
         try:
@@ -694,7 +775,12 @@ class Daemon:
         """One expiry pass of a policy; failures wait for the next pass."""
         try:
             rows = expiry.expire_policy(
-                self.parts, known, _utcnow(), dry_run=False, stop=self.stop
+                self.parts,
+                known,
+                _utcnow(),
+                dry_run=False,
+                stop=self.stop,
+                owns=self._owns_volume if self.members.coordinated else None,
             )
         except Exception:
             LOG.exception(
@@ -721,6 +807,8 @@ class Daemon:
         next pass tries again."""
         key = name + VERIFY_SUFFIX
         known = self.parts.policies.get(name)
+        if not self.members.is_leader():
+            return  # the leader picks and verifies the sample
         if known is None or self.stop.is_set() or self._claim(key, key):
             return
         try:
@@ -754,6 +842,8 @@ class Daemon:
             self._release("sweep")
 
     def _prune(self) -> None:
+        if not self.members.is_leader():
+            return
         if self.stop.is_set() or self._claim("prune", "journal pruning"):
             return
         try:
@@ -771,9 +861,22 @@ class Daemon:
         self, unfinished: Sequence[RunRecord], frozen: Sequence[StepRecord]
     ) -> None:
         """Settle the runs the previous process left unfinished."""
+        with self.members.lock(f"recover-{self.parts.journal.host}") as mine:
+            if not mine:
+                LOG.warning(
+                    "recovery: another daemon is taking over this host's "
+                    "runs (it saw this daemon gone); it settles them"
+                )
+                self._release("recovery")
+                return
+            self._recover_held(unfinished, frozen)
+
+    def _recover_held(
+        self, unfinished: Sequence[RunRecord], frozen: Sequence[StepRecord]
+    ) -> None:
         try:
-            volumes = [r for r in unfinished if r.target != POLICY_TARGET]
-            slots = [r for r in unfinished if r.target == POLICY_TARGET]
+            volumes = [r for r in unfinished if not is_slot_target(r.target)]
+            slots = [r for r in unfinished if is_slot_target(r.target)]
             if not unfinished and not frozen:
                 LOG.info("recovery: the journal has no unfinished run")
                 recovery.sweep(self.parts)
@@ -854,7 +957,8 @@ class Daemon:
             r
             for r in journal.runs(policy=record.policy, limit=100_000)
             if r.scheduled_at == record.scheduled_at
-            and r.target != POLICY_TARGET
+            and not is_slot_target(r.target)
+            and r.host == record.host
         ]
         summary = summary_from_states(r.state for r in runs)
         found = int(discovered[-1].details.get("volumes", 0))
@@ -874,6 +978,107 @@ class Daemon:
             state,
             summary_text(summary),
         )
+
+    # -- several daemons -------------------------------------------------
+
+    def _watch_members(self) -> None:
+        """Look at the group; take over the work of daemons gone from it."""
+        if self.stop.is_set():
+            return
+        try:
+            hosts = self.parts.journal.hosts_with_open_work()
+        except Exception:
+            LOG.exception("coordination: cannot read the journal")
+            return
+        for host in self.members.check(hosts):
+            key = f"takeover:{host}"
+            if self._claim(key, f"takeover of {host}"):
+                continue
+            threading.Thread(
+                target=self._take_over,
+                args=(host,),
+                name=f"cinderbak-takeover-{host}",
+                daemon=True,
+            ).start()
+
+    def _take_over(self, host: str) -> None:
+        """Thaw, clean up and settle what a dead daemon left: its frozen
+        guests first, then its runs in flight (waiting for backups still
+        creating), its leaked temporary snapshots, and its share of any
+        slot still open. One survivor at a time, under the host's
+        recovery lock (the one the host takes itself when it restarts)."""
+        journal = self.parts.journal
+        try:
+            with self.members.lock(f"recover-{host}") as mine:
+                if not mine:
+                    return
+                frozen = journal.frozen_servers(host=host)
+                unfinished = journal.unfinished_runs(host=host)
+                if not frozen and not unfinished:
+                    return
+                LOG.warning(
+                    "takeover: daemon %s left the group with %d guests "
+                    "possibly frozen and %d runs in flight; %s settles them",
+                    host,
+                    len(frozen),
+                    len(unfinished),
+                    journal.host,
+                )
+                metrics.record_takeover(host)
+                thawed = recovery.thaw_left_frozen(self.parts, frozen)
+                metrics.record_takeover_thaws(thawed)
+                volumes = [
+                    r for r in unfinished if not is_slot_target(r.target)
+                ]
+                outcomes = recovery.recover(
+                    self.parts,
+                    self.stop,
+                    unfinished=volumes,
+                    frozen=[],
+                    host=host,
+                )
+                for record in unfinished:
+                    if (
+                        is_slot_target(record.target)
+                        and not self.stop.is_set()
+                    ):
+                        self._settle_taken_slot(record)
+                LOG.warning(
+                    "takeover of %s done: %d guests thawed, %d runs settled",
+                    host,
+                    thawed,
+                    len(outcomes),
+                )
+        except Exception:
+            LOG.exception("takeover of %s failed; tried again", host)
+        finally:
+            self._release(f"takeover:{host}")
+
+    def _settle_taken_slot(self, record: RunRecord) -> None:
+        """A dead daemon's share of a slot: finish what nobody has begun
+        while the slot is within its grace, then settle its record."""
+        known = self.parts.policies.get(record.policy)
+        late = (_utcnow() - record.scheduled_at).total_seconds()
+        if known is not None and late <= known.misfire_grace_time:
+            journal = self.parts.journal
+            if record.state is states.PENDING:
+                journal.start_run(record.id)
+            LOG.info(
+                "takeover: policy %s, slot %s: backing up the volumes of "
+                "%s's share that nobody began",
+                record.policy,
+                record.scheduled_at,
+                record.host,
+            )
+            self._run_started_slot(
+                record.id,
+                known,
+                self.parts.policies,
+                record.scheduled_at,
+                leftovers_of=record.host,
+            )
+            return
+        self._settle_slot(record)
 
     # -- reload ----------------------------------------------------------
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import consistency, discovery, journal, policy
+from cinderbak import consistency, coordination, discovery, journal, policy
 from cinderbak.checksums import SourceChecksummer
 from cinderbak.cloud import Cloud
 from cinderbak.consistency import SourceSnapshotObserver
@@ -41,8 +41,19 @@ class Parts:
     checksummer: SourceChecksummer | None = None
     # One freeze at a time per server, whichever policy asks.
     server_locks: ServerLocks = dataclasses.field(default_factory=ServerLocks)
+    # This process's place among the daemons of the region (alone unless
+    # [coordination] backend_url is set).
+    membership: coordination.Membership | None = None
+
+    @property
+    def members(self) -> coordination.Membership:
+        if self.membership is None:
+            self.membership = coordination.Solo(self.journal.host)
+        return self.membership
 
     def close(self) -> None:
+        if self.membership is not None:
+            self.membership.close()
         self.quiescer.close()
         if self.volume_cluster is not None:
             self.volume_cluster.close()
@@ -50,16 +61,20 @@ class Parts:
         self.journal.close()
 
 
-def build(conf: cfg.ConfigOpts) -> Parts:
+def build(conf: cfg.ConfigOpts, *, daemon: bool = False) -> Parts:
     """Validate the configuration and connect.
 
     Raise PolicyConfigError for a bad policy and CloudTooOld when the
-    cloud cannot do what we need, before anything is touched.
+    cloud cannot do what we need, before anything is touched. With
+    ``[coordination] backend_url``, a daemon joins the daemons' group and
+    takes a share of the work; a command joins the commands' group, so
+    its runs in flight are never taken for a dead daemon's.
     """
     policies = policy.load_policies(conf)
     if conf.journal.connection.startswith("sqlite:///"):
         os.makedirs(conf.state_path, mode=0o750, exist_ok=True)
-    store = journal.Journal(conf)
+    coordination.register_opts(conf)
+    store = journal.Journal(conf, host=conf.host)
     store.upgrade()
     cloud = Cloud(conf)
     version = cloud.check_microversion()
@@ -70,6 +85,7 @@ def build(conf: cfg.ConfigOpts) -> Parts:
         ", ".join(sorted(policies)) or "-",
     )
     cluster = VolumeCluster.from_conf(conf)
+    members = coordination.connect(conf, store.host, daemon=daemon)
     return Parts(
         conf,
         policies,
@@ -80,6 +96,7 @@ def build(conf: cfg.ConfigOpts) -> Parts:
         cluster,
         SourceSnapshotObserver.from_conf(conf, cluster) if cluster else None,
         SourceChecksummer(cluster) if cluster else None,
+        membership=members,
     )
 
 

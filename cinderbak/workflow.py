@@ -99,6 +99,19 @@ POLICY_TARGET = "*"
 """Target of the policy-level run that stands for a whole slot."""
 
 
+def slot_target(member: str | None = None) -> str:
+    """Target of a slot's policy-level run: ``*`` for a daemon alone;
+    ``*@member`` for each member's share when several daemons divide the
+    slot (each member records and settles its own share)."""
+    return POLICY_TARGET if member is None else f"{POLICY_TARGET}@{member}"
+
+
+def is_slot_target(target: str) -> bool:
+    """Whether a run stands for (a share of) a slot rather than a volume:
+    volume ids are UUIDs and never start with ``*``."""
+    return target.startswith(POLICY_TARGET)
+
+
 def resource_name(run_label: str) -> str:
     """Name of everything a run creates: recovery finds leaks by it."""
     return f"cinderbak-{run_label}"

@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lasting = [p for p in problems if not p.transient]
         return EXIT_CONFIG if lasting else EXIT_FAILURE
     try:
-        parts = service.build(conf)
+        parts = service.build(conf, daemon=True)
     except (policy.PolicyConfigError, cfg.Error, ValueError) as exc:
         LOG.error("cannot start: %s", exc)
         return EXIT_CONFIG

@@ -28,7 +28,7 @@ def run_row(run: RunRecord) -> tuple[object, ...]:
     """Given a run, return its row: a volume's outcome, or for a
     policy-level run (target '*') the counts of its slot."""
     summary = run.summary or {}
-    if run.target == workflow.POLICY_TARGET:
+    if workflow.is_slot_target(run.target):
         result = scheduler.summary_text(summary)
     else:
         result = summary.get("error") or "; ".join(summary.get("notes") or ())

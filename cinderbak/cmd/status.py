@@ -178,7 +178,7 @@ class Status(_JournalLister):
         now = datetime.datetime.now(datetime.UTC)
         in_flight: dict[str, int] = {}
         for run in store.in_flight():
-            if run.target != workflow.POLICY_TARGET:
+            if not workflow.is_slot_target(run.target):
                 in_flight[run.policy] = in_flight.get(run.policy, 0) + 1
         for name in names:
             yield self._policy_row(
@@ -194,7 +194,7 @@ class Status(_JournalLister):
         in_flight: Mapping[str, int],
         now: datetime.datetime,
     ) -> tuple[object, ...]:
-        last = store.runs(policy=name, target=workflow.POLICY_TARGET, limit=1)
+        last = store.runs(policy=name, slots=True, limit=1)
         last_slot: datetime.datetime | None
         finished: datetime.datetime | None
         if last:
@@ -231,7 +231,7 @@ class Status(_JournalLister):
         latest: dict[str, RunRecord] = {}
         window = 4 * len(backups) + 200
         for run in store.runs(policy=name, limit=window):
-            if run.target != workflow.POLICY_TARGET:
+            if not workflow.is_slot_target(run.target):
                 latest.setdefault(run.target, run)
         for volume_id, made in backups.items():
             if volume_id not in latest:

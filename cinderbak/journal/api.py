@@ -653,12 +653,15 @@ class Journal:
 
     # -- recovery ----------------------------------------------------
 
-    def unfinished_runs(self, *, any_host: bool = False) -> list[RunRecord]:
+    def unfinished_runs(
+        self, *, any_host: bool = False, host: str | None = None
+    ) -> list[RunRecord]:
         """Runs not in a final state, with their steps, oldest first.
 
         At start-up these are the runs the daemon died in (or never
         started). Each needs a decision from the caller: resume it, or
-        clean up after it and finish it.
+        clean up after it and finish it. ``host`` names another daemon
+        whose runs are taken over (this host's by default).
         """
         query = (
             sa.select(models.Run)
@@ -667,12 +670,16 @@ class Journal:
             .order_by(models.Run.scheduled_at, models.Run.id)
         )
         if not any_host:
-            query = query.where(models.Run.host == self.host)
+            query = query.where(models.Run.host == (host or self.host))
         with self._read() as s:
             return [_run_record(r, with_steps=True) for r in s.scalars(query)]
 
     def open_steps(
-        self, kind: StepKind | str | None = None, *, any_host: bool = False
+        self,
+        kind: StepKind | str | None = None,
+        *,
+        any_host: bool = False,
+        host: str | None = None,
     ) -> list[StepRecord]:
         """INTENT and ACTING steps, oldest first, of any run state.
 
@@ -686,9 +693,11 @@ class Journal:
         )
         if kind is not None:
             query = query.where(models.Step.kind == StepKind(kind))
-        return self._steps(query, any_host)
+        return self._steps(query, any_host, host)
 
-    def frozen_servers(self, *, any_host: bool = False) -> list[StepRecord]:
+    def frozen_servers(
+        self, *, any_host: bool = False, host: str | None = None
+    ) -> list[StepRecord]:
         """Freeze steps that may have left a guest frozen, oldest first.
 
         A freeze (in any state but UNDONE: even a failed freeze may have
@@ -702,7 +711,7 @@ class Journal:
             .where(_unthawed_freeze())
             .order_by(models.Step.id)
         )
-        return self._steps(query, any_host)
+        return self._steps(query, any_host, host)
 
     def steps_of_resource(
         self, kind: StepKind | str, resource_id: str
@@ -751,7 +760,11 @@ class Journal:
         return found
 
     def unsettled_creations(
-        self, create: StepKind | str, *, any_host: bool = False
+        self,
+        create: StepKind | str,
+        *,
+        any_host: bool = False,
+        host: str | None = None,
     ) -> list[StepRecord]:
         """Resources our finished runs created and nobody settled since.
 
@@ -784,7 +797,35 @@ class Journal:
             )
             .order_by(step.id)
         )
-        return self._steps(query, any_host)
+        return self._steps(query, any_host, host)
+
+    def targets_of_slot(
+        self, policy: str, scheduled_at: datetime.datetime
+    ) -> set[str]:
+        """Volumes with a run in the slot (any host, any state): what some
+        daemon has begun and nobody else may begin again."""
+        run = models.Run
+        query = sa.select(run.target).where(
+            run.policy == policy, run.scheduled_at == to_utc(scheduled_at)
+        )
+        with self._read() as s:
+            return {str(t) for (t,) in s.execute(query)}
+
+    def hosts_with_open_work(self) -> set[str]:
+        """Hosts with runs in flight or guests possibly left frozen: what
+        a survivor must take over if the host's daemon is gone."""
+        run = models.Run
+        frozen = (
+            sa.select(run.host)
+            .join(models.Step, models.Step.run_id == run.id)
+            .where(_unthawed_freeze())
+        )
+        query = sa.union(
+            sa.select(run.host).where(run.state.in_(IN_FLIGHT_RUN_STATES)),
+            frozen,
+        )
+        with self._read() as s:
+            return {str(h) for (h,) in s.execute(query)}
 
     def service_backups(self) -> list[tuple[str, str, int]]:
         """(tenant project, backup id, size in GiB) of every backup our
@@ -896,10 +937,12 @@ class Journal:
         return found
 
     def _steps(
-        self, query: sa.Select[Any], any_host: bool
+        self, query: sa.Select[Any], any_host: bool, host: str | None = None
     ) -> list[StepRecord]:
         if not any_host:
-            query = query.join(models.Run).where(models.Run.host == self.host)
+            query = query.join(models.Run).where(
+                models.Run.host == (host or self.host)
+            )
         with self._read() as s:
             return [_step_record(r) for r in s.scalars(query)]
 
@@ -914,10 +957,14 @@ class Journal:
         *,
         policy: str | None = None,
         target: str | None = None,
+        slots: bool = False,
         failed_only: bool = False,
         limit: int = 100,
     ) -> list[RunRecord]:
         """Runs, newest scheduled first, without their steps.
+
+        *slots* keeps the policy-level runs (target ``*``, or ``*@host``
+        for one daemon's share of a slot).
 
         *failed_only* keeps the outcomes an operator should look at
         (:data:`~cinderbak.journal.states.FAILURE_RUN_STATES`).
@@ -929,6 +976,8 @@ class Journal:
             query = query.where(models.Run.policy == policy)
         if target is not None:
             query = query.where(models.Run.target == target)
+        if slots:
+            query = query.where(models.Run.target.startswith("*"))
         if failed_only:
             query = query.where(models.Run.state.in_(FAILURE_RUN_STATES))
         with self._read() as s:

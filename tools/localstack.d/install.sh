@@ -3,7 +3,8 @@
 # state dir. Every step is skipped when already done, so a second `up` is fast.
 
 APT_PACKAGES=(ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd rabbitmq-server
-    e2fsprogs xfsprogs util-linux)  # verification: e2fsck, xfs_repair, blkid
+    e2fsprogs xfsprogs util-linux  # verification: e2fsck, xfs_repair, blkid
+    etcd-server)  # coordination of several cinderbak daemons (tooz)
 PG_VERSION=15
 PGBIN=/usr/lib/postgresql/$PG_VERSION/bin
 

@@ -90,6 +90,9 @@ def main(argv: list[str]) -> None:
         },
         "rabbitmq_url": f"rabbit://guest:guest@127.0.0.1:{ports['rabbitmq']}/",
         "postgres_url": f"postgresql://postgres@127.0.0.1:{ports['postgres']}/cinder",
+        "etcd_url": f"http://127.0.0.1:{ports['etcd']}",
+        # tooz backend URL for cinderbak's [coordination] backend_url
+        "coordination_url": f"etcd3+http://127.0.0.1:{ports['etcd']}",
         "ports": ports,
         "log_dir": os.path.join(lsconf.STATE, "logs"),
         "pid_files": dict(s.split("=", 1) for s in argv),

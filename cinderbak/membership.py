@@ -1,0 +1,85 @@
+"""Who is alive, who leads, and whose work must be taken over: pure rules.
+
+Several daemons share one journal and one tooz group. These functions
+decide from what was observed (the group's members, or ``None`` when the
+backend could not be asked) and ``now``; :mod:`cinderbak.coordination`
+does the observing and carries the decisions out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+
+def leader_of(members: Iterable[str]) -> str | None:
+    """The member that does what must happen once per region.
+
+    The smallest member id: every member computes the same answer from
+    the same membership, and it needs nothing from the backend beyond
+    group membership (tooz's etcd3gw driver has no leader election).
+    """
+    return min(members, default=None)
+
+
+def partition_key(server_id: str | None, volume_id: str) -> str:
+    """The unit of work a member owns: a server's freeze group (all its
+    volumes, so one freeze window stays on one member) or a detached
+    volume."""
+    return f"server:{server_id}" if server_id else f"volume:{volume_id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """What one member has seen of the group so far.
+
+    ``healthy_since`` is when this member last (re)appeared in the group
+    without a gap; ``absent_since`` maps each host that has unfinished
+    work in the journal but is not a member to when it was first seen
+    missing while this member was healthy.
+    """
+
+    healthy_since: float | None = None
+    absent_since: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+
+def observe(
+    view: View,
+    now: float,
+    me: str,
+    members: frozenset[str] | None,
+    hosts_with_work: Iterable[str],
+) -> View:
+    """The view after one look at the group.
+
+    ``members`` is None when the backend did not answer: nobody can be
+    judged dead on no evidence, so every absence restarts, and so does
+    our own health (we may have lost our membership meanwhile).
+    """
+    if members is None or me not in members:
+        return View(None, {})
+    healthy_since = (
+        view.healthy_since if view.healthy_since is not None else now
+    )
+    absent = {
+        host: view.absent_since.get(host, now)
+        for host in set(hosts_with_work)
+        if host not in members and host != me
+    }
+    return View(healthy_since, absent)
+
+
+def due_for_takeover(view: View, now: float, lease: float) -> list[str]:
+    """Hosts whose work this member should take over now.
+
+    A host is due once it is missing from the group while this member
+    has been a healthy member for at least one lease. The lease is how
+    long a crashed member's key outlives it, so in steady state a dead
+    member is taken over as soon as its key expires. Right after an
+    outage of the backend every member rejoins anew; waiting one lease of
+    our own health first gives the others time to rejoin, so a live
+    member is not taken for dead.
+    """
+    if view.healthy_since is None or now - view.healthy_since < lease:
+        return []
+    return sorted(view.absent_since)

@@ -1,0 +1,92 @@
+"""Membership rules: leader, partition keys, and when a takeover is due."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cinderbak import membership
+from cinderbak.membership import View, due_for_takeover, observe
+
+LEASE = 30.0
+
+
+def test_leader_is_the_same_for_every_member_and_none_when_alone_empty() -> (
+    None
+):
+    assert membership.leader_of({"c", "a", "b"}) == "a"
+    assert membership.leader_of([]) is None
+
+
+def test_a_server_is_one_unit_and_a_detached_volume_another() -> None:
+    assert membership.partition_key("s1", "v1") == "server:s1"
+    assert membership.partition_key("s1", "v2") == "server:s1"
+    assert membership.partition_key(None, "v1") == "volume:v1"
+
+
+def test_a_member_gone_is_due_once_we_are_healthy_for_a_lease() -> None:
+    view = observe(View(), 0.0, "a", frozenset({"a", "b"}), ["b"])
+    assert due_for_takeover(view, 0.0, LEASE) == []
+    view = observe(view, 40.0, "a", frozenset({"a"}), ["b"])
+    assert view.absent_since == {"b": 40.0}
+    assert due_for_takeover(view, 40.0, LEASE) == ["b"]
+
+
+def test_right_after_we_rejoin_nobody_is_judged_dead() -> None:
+    # The backend came back: our own key was gone too, so the others may
+    # simply not have rejoined yet.
+    view = observe(View(), 100.0, "a", frozenset({"a"}), ["b", "c"])
+    assert due_for_takeover(view, 100.0, LEASE) == []
+    view = observe(view, 110.0, "a", frozenset({"a", "b"}), ["b", "c"])
+    assert due_for_takeover(view, 129.0, LEASE) == []
+    assert due_for_takeover(view, 130.0, LEASE) == ["c"]
+
+
+def test_no_answer_from_the_backend_is_no_evidence() -> None:
+    view = observe(View(), 0.0, "a", frozenset({"a"}), [])
+    view = observe(view, 50.0, "a", None, ["b"])
+    assert view == View()
+    assert due_for_takeover(view, 500.0, LEASE) == []
+
+
+def test_losing_our_own_membership_resets_our_health() -> None:
+    view = observe(View(), 0.0, "a", frozenset({"a"}), [])
+    view = observe(view, 50.0, "a", frozenset({"b"}), ["b", "c"])
+    assert view.healthy_since is None
+    assert due_for_takeover(view, 100.0, LEASE) == []
+
+
+def test_a_host_without_open_work_is_never_taken_over() -> None:
+    view = observe(View(), 0.0, "a", frozenset({"a"}), [])
+    view = observe(view, 100.0, "a", frozenset({"a"}), [])
+    assert due_for_takeover(view, 100.0, LEASE) == []
+
+
+hosts = st.sampled_from(["a", "b", "c", "d"])
+looks = st.lists(
+    st.tuples(
+        st.floats(min_value=0, max_value=60),
+        st.one_of(st.none(), st.frozensets(hosts)),
+        st.frozensets(hosts),
+    ),
+    max_size=30,
+)
+
+
+@given(looks)
+def test_never_ourselves_never_a_member_never_while_unhealthy(
+    steps: list[tuple[float, frozenset[str] | None, frozenset[str]]],
+) -> None:
+    view, now = View(), 0.0
+    for gap, members, with_work in steps:
+        now += gap
+        view = observe(view, now, "a", members, with_work)
+        due = due_for_takeover(view, now, LEASE)
+        assert "a" not in due
+        if members is None or "a" not in members:
+            assert due == []
+        else:
+            assert not set(due) & members
+            assert set(due) <= with_work
+            assert view.healthy_since is not None
+            assert now - view.healthy_since >= LEASE or due == []
