@@ -25,13 +25,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import glob
+import importlib.metadata
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from oslo_config import cfg, iniparser, types
 
-from cinderbak import chains, policy, retention
+from cinderbak import chains, coordination, policy, retention
 from cinderbak.quiesce.base import Capability
 
 DEFAULT = "DEFAULT"
@@ -97,6 +98,8 @@ class Schema:
     groups: Mapping[str, Mapping[str, cfg.Opt]]
     policy_opts: Mapping[str, cfg.Opt]
     quiescers: Mapping[str, frozenset[Capability]]
+    # URL schemes of the installed tooz drivers that have group membership.
+    coordination_drivers: frozenset[str] = frozenset()
 
 
 # -- reading the files (I/O) ----------------------------------------------
@@ -204,7 +207,18 @@ def load_schema(raw: Sequence[Section] = ()) -> Schema:
         quiescers[ext.name] = frozenset(
             getattr(ext.plugin, "CAPABILITIES", ())
         )
-    return Schema(groups, policy_opts, quiescers)
+    # Names only: loading a driver imports its client library, which an
+    # installation need not have for drivers it does not use.
+    tooz_drivers = {
+        entry.name
+        for entry in importlib.metadata.entry_points(group="tooz.backends")
+    }
+    return Schema(
+        groups,
+        policy_opts,
+        quiescers,
+        frozenset(tooz_drivers & coordination.GROUP_DRIVERS),
+    )
 
 
 def _names(opt: cfg.Opt) -> dict[str, cfg.Opt]:
@@ -484,7 +498,49 @@ def check(raw: Sequence[Section], schema: Schema) -> list[Problem]:
             )
         )
     problems += _check_capabilities(policies, fixed, schema)
+    problems += _check_coordination(fixed, schema)
     return sorted(set(problems))
+
+
+def _check_coordination(
+    fixed: Mapping[str, Mapping[str, Any]], schema: Schema
+) -> list[Problem]:
+    """Several daemons need a backend with group membership and one
+    journal they all reach: SQLite is one file on one host."""
+    url = fixed.get(coordination.GROUP, {}).get("backend_url")
+    if not url:
+        return []
+    problems = []
+    scheme = str(url).split("://", 1)[0] if "://" in str(url) else ""
+    if scheme not in schema.coordination_drivers:
+        hint = _suggest(scheme, schema.coordination_drivers)
+        problems.append(
+            Problem(
+                coordination.GROUP,
+                "backend_url",
+                f"no tooz driver with group membership for {scheme!r}; "
+                f"{hint}expected a URL such as etcd3+http://HOST:2379 "
+                "(drivers installed: "
+                + ", ".join(sorted(schema.coordination_drivers))
+                + ")",
+            )
+        )
+    connection = fixed.get("journal", {}).get("connection")
+    if connection is None:
+        known = schema.groups.get("journal", {}).get("connection")
+        connection = getattr(known, "default", None)
+    connection = str(connection or "")
+    if connection.startswith("sqlite"):
+        problems.append(
+            Problem(
+                "journal",
+                "connection",
+                "SQLite cannot be shared by several daemons, and "
+                "[coordination] backend_url is set; expected a "
+                "PostgreSQL or MySQL URL every daemon reaches",
+            )
+        )
+    return problems
 
 
 # -- what changes on reload -------------------------------------------------

@@ -34,6 +34,20 @@ LOG = logging.getLogger(__name__)
 
 GROUP = "coordination"
 
+GROUP_DRIVERS = frozenset(
+    {
+        "etcd3+http",
+        "etcd3+https",
+        "redis",
+        "zookeeper",
+        "kazoo",
+        "memcached",
+        "file",
+    }
+)
+"""tooz drivers (URL schemes) with group membership, which partitioning
+and takeover need; tooz's SQL drivers offer locks only."""
+
 HOST_OPT = cfg.StrOpt(
     "host",
     default=socket.gethostname(),
@@ -325,10 +339,29 @@ class Group:
 def connect(
     conf: cfg.ConfigOpts, member_id: str, *, daemon: bool
 ) -> Membership:
-    """The membership the configuration asks for, started."""
+    """The membership the configuration asks for, started.
+
+    A daemon that cannot join raises (tooz's error): started alone it
+    would take every share of the work. A command that cannot join goes
+    on alone, with a warning: it is one process an operator is watching,
+    and daemons only take over hosts that are gone from both groups.
+    """
     register_opts(conf)
     if not conf[GROUP].backend_url:
         return Solo(member_id)
     group = Group(conf, member_id, daemon=daemon)
-    group.start()
+    if daemon:
+        group.start()
+        return group
+    from tooz import coordination as tooz_coordination
+
+    try:
+        group.start()
+    except tooz_coordination.ToozError as exc:
+        LOG.warning(
+            "coordination: cannot join %s (%s); going on without it",
+            group.cli_group.decode(),
+            exc,
+        )
+        return Solo(member_id)
     return group

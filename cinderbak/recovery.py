@@ -47,6 +47,7 @@ from cinderbak.workflow import (
     PolicyRun,
     is_slot_target,
     resource_name,
+    slot_target,
     write_back,
 )
 
@@ -481,7 +482,13 @@ def missed_runs(parts: Parts, now: datetime.datetime) -> dict[str, bool]:
         if late <= known.misfire_grace_time:
             due[name] = True
             continue
-        run = parts.journal.begin_run(name, "*", slot, project_id=None)
+        members = parts.members
+        run = parts.journal.begin_run(
+            name,
+            slot_target(members.member_id if members.coordinated else None),
+            slot,
+            project_id=None,
+        )
         if run.created:
             parts.journal.finish_run(
                 run.id,

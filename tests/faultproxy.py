@@ -33,14 +33,16 @@ HOP_BY_HOP = {
 @dataclasses.dataclass
 class Rule:
     """``times`` requests matching ``method`` and ``path`` (a regex) get
-    ``action``: ``drop_after`` (forwarded, the answer never sent) or
-    ``refuse`` (connection closed before forwarding)."""
+    ``action``: ``drop_after`` (forwarded, the answer never sent),
+    ``refuse`` (connection closed before forwarding) or ``delay`` (held
+    ``seconds`` before forwarding: a slow API)."""
 
     method: str
     path: str
     action: str
     times: int = 1
     hits: int = 0
+    seconds: float = 0.0
 
 
 class FaultProxy:
@@ -85,8 +87,15 @@ class FaultProxy:
         self.server.shutdown()
         self.server.server_close()
 
-    def add(self, method: str, path: str, action: str, times: int = 1) -> Rule:
-        rule = Rule(method, path, action, times)
+    def add(
+        self,
+        method: str,
+        path: str,
+        action: str,
+        times: int = 1,
+        seconds: float = 0.0,
+    ) -> Rule:
+        rule = Rule(method, path, action, times, seconds=seconds)
         with self._lock:
             self.rules.append(rule)
         return rule
@@ -116,6 +125,9 @@ class FaultProxy:
             self.log.append((method, path, "refused"))
             _close(request)
             return
+        if rule is not None and rule.action == "delay":
+            self.log.append((method, path, f"delayed {rule.seconds:g}s"))
+            time.sleep(rule.seconds)
         headers = {
             k: v
             for k, v in request.headers.items()

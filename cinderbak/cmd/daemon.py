@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 from oslo_config import cfg
 from oslo_log import log as logging
+from tooz import coordination as tooz_coordination
 
 from cinderbak import (
     config_check,
@@ -171,6 +172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Also what an unreachable cinder-api looks like (no versions
         # announced): worth a restart by systemd, so not EXIT_CONFIG.
         LOG.error("cannot start: %s", exc)
+        return EXIT_FAILURE
+    except tooz_coordination.ToozError as exc:
+        # The backend away: started alone, this daemon would do every
+        # other daemon's share too. systemd retries.
+        LOG.error(
+            "cannot start: cannot join the group at [coordination] "
+            "backend_url: %s",
+            exc,
+        )
         return EXIT_FAILURE
     except Exception:
         LOG.exception("cannot start")

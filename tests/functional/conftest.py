@@ -110,6 +110,11 @@ class Cleanup:
             )
             if not found:
                 return
+            if any(b.status == "creating" for b in found):
+                # A parent deleted under a child still creating leaves the
+                # child in error for good (its parent is gone).
+                time.sleep(2)
+                continue
             for backup in found:
                 if backup.status in ("available", "error") and not (
                     backup.has_dependent_backups

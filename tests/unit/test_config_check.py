@@ -60,8 +60,9 @@ def test_a_good_configuration_has_no_problem():
             "[workflow]\n",
             "[workflow] (section): unknown section (c.conf:9); expected "
             "[policy:NAME] or one of [backup_cluster], [cloud], "
-            "[consistency], [coordination], [daemon], [expiry], [files], [journal], "
-            "[libvirt], [limits], [metrics], [service_auth], [verify], "
+            "[consistency], [coordination], [daemon], [expiry], [files], "
+            "[journal], [libvirt], [limits], [metrics], [service_auth], "
+            "[verify], "
             "[volume_cluster]",
         ),
         (
@@ -297,3 +298,27 @@ def test_no_generated_configuration_makes_the_check_raise(sections):
     for problem in config_check.check(raw, SCHEMA):
         assert "\n" not in str(problem)
         assert problem.section and problem.option
+
+
+def test_several_daemons_need_a_shared_journal_and_a_group_driver():
+    shared = "[journal]\nconnection = postgresql+psycopg://u@db/cinderbak\n"
+    good = "[coordination]\nbackend_url = etcd3+http://etcd:2379\n"
+    assert lines(GOOD + good + shared) == []
+    assert lines(GOOD + good) == [
+        "[journal] connection: SQLite cannot be shared by several daemons, "
+        "and [coordination] backend_url is set; expected a PostgreSQL or "
+        "MySQL URL every daemon reaches"
+    ]
+    [typo] = lines(
+        GOOD + "[coordination]\nbackend_url = etcd3+htp://etcd:2379\n" + shared
+    )
+    assert typo.startswith(
+        "[coordination] backend_url: no tooz driver with group membership "
+        "for 'etcd3+htp'; did you mean 'etcd3+http'?"
+    ), typo
+    [locks_only] = lines(
+        GOOD + "[coordination]\nbackend_url = postgresql://db/x\n" + shared
+    )
+    assert "no tooz driver with group membership for 'postgresql'" in (
+        locks_only
+    )

@@ -1,0 +1,531 @@
+"""Three daemons, one region: work shared through tooz on the stack's etcd.
+
+Real parts: the stack's Cinder, etcd (tooz's etcd3gw driver) and
+PostgreSQL (the shared journal, a schema of its own per test), and
+libvirt's test driver inside the private libvirtd of tools/tinyguest, so
+every daemon and the test see the same guests' freeze state. The only
+fake is a slow API, injected at the HTTP boundary (tests/faultproxy.py)
+to hold a freeze open long enough to kill its daemon in the middle of it.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import os
+import pathlib
+import signal
+import textwrap
+import time
+import uuid
+
+import libvirt
+import pytest
+import sqlalchemy as sa
+import yaml
+from tooz import hashring
+
+from cinderbak import membership
+from cinderbak.journal import Journal, states, steps
+from cinderbak.workflow import resource_name
+from tests import tinyguest as tg
+from tests.faultproxy import FaultProxy
+from tests.functional.conftest import config_text
+from tests.functional.test_daemon import Daemons, wait_until
+from tests.functional.test_run_once import attach_to_server
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("JOURNAL_TEST_PG_URL"),
+    reason="JOURNAL_TEST_PG_URL names no PostgreSQL for the shared journal",
+)
+
+UTC = datetime.UTC
+LEASE = 10
+SERVERS = 4
+VOLUMES_PER_SERVER = 3
+DOMAIN = """<domain type='test'>
+  <name>{name}</name><uuid>{uuid}</uuid>
+  <memory>65536</memory><vcpu>1</vcpu>
+  <os><type>hvm</type></os>
+</domain>"""
+
+
+@pytest.fixture
+def pg_journal():
+    """A journal URL on the stack's PostgreSQL, in a schema of its own."""
+    base = os.environ["JOURNAL_TEST_PG_URL"]
+    schema = f"several_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    yield (
+        sa.make_url(base)
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    admin.dispose()
+
+
+@pytest.fixture
+def daemons(tmp_path, clouds_env, cleanup):
+    # Depends on cleanup so that daemons stop before volumes are deleted.
+    started = Daemons(tmp_path, clouds_env)
+    yield started
+    started.kill_all()
+
+
+@pytest.fixture(scope="module")
+def shared_guests():
+    """libvirt's test driver in a real libvirtd: one freeze state for
+    every daemon. The test keeps a connection open, which keeps the
+    driver's state alive."""
+    tiny = tg.TinyGuest()
+    tiny.ensure_up()
+    uri = tiny.uri.replace("qemu+unix:///system", "test+unix:///default")
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    conn = libvirt.open(uri)
+    yield uri, conn
+    conn.close()
+
+
+def _members(tag: str) -> list[str]:
+    return [f"d{i}-{tag}" for i in range(1, 4)]
+
+
+def _spread_servers(members: list[str]) -> list[str]:
+    """Server ids whose freeze groups the ring spreads over all members
+    (with 4 servers and 3 members, chance alone leaves one idle half the
+    time): the ring is tooz's, as the daemons use it."""
+    ring = hashring.HashRing([m.encode() for m in members])
+    while True:
+        servers = [str(uuid.uuid4()) for _ in range(SERVERS)]
+        owners = {
+            next(
+                iter(ring.get_nodes(membership.partition_key(s, "").encode()))
+            )
+            for s in servers
+        }
+        if len(owners) == len(members):
+            return servers
+
+
+def _setup(stack, alice, make_volume, shared_guests, tag):
+    _, conn = shared_guests
+    members = _members(tag)
+    servers = _spread_servers(members)
+    domains = [
+        conn.createXML(DOMAIN.format(name=f"several-{tag}-{i}", uuid=s))
+        for i, s in enumerate(servers)
+    ]
+    policy = f"several-{tag}"
+    volumes = collections.defaultdict(list)
+    for server in servers:
+        for _ in range(VOLUMES_PER_SERVER):
+            volume = make_volume(alice, metadata={"cinderbak:policy": policy})
+            attach_to_server(alice, volume.id, server)
+            volumes[server].append(volume.id)
+    return members, servers, domains, policy, volumes
+
+
+def _write_configs(
+    tmp_path, stack, uri, journal_url, members, policy, cloud, group, **kw
+):
+    deployment = f"ft-{uuid.uuid4().hex}"
+    ceph_a, readonly = stack.ceph("a"), stack.readonly_user
+    paths = {}
+    for member in members:
+        text = config_text(
+            tmp_path / member,
+            deployment,
+            f"host = {member}\nwrite_back_status = true\n",
+            f"cloud = {cloud}\napi_retries = 2\napi_retry_max_wait = 1\n",
+        ).replace(
+            f"sqlite:///{tmp_path / member}/journal.sqlite", journal_url
+        ) + textwrap.dedent(f"""\
+            [coordination]
+            backend_url = {stack.raw["coordination_url"]}
+            group = {group}
+            lease = {LEASE}
+            check_interval = 1
+            [volume_cluster]
+            conf = {ceph_a.conf}
+            user = {readonly.user}
+            keyring = {readonly.keyring}
+            pools = {ceph_a.pool}
+            [consistency]
+            quiescer = libvirt
+            [libvirt]
+            uri_template = {uri}
+            [daemon]
+            shutdown_timeout = 20
+            expire_after_run = false
+            [policy:{policy}]
+            schedule = every {kw.get("every", "1m")}
+            transfer_mode = volume
+            quiesce = required
+            max_freeze_seconds = {kw.get("max_freeze", 60)}
+            misfire_grace_time = 5
+            """)
+        (tmp_path / member).mkdir(exist_ok=True)
+        path = tmp_path / member / "cinderbak.conf"
+        path.write_text(text)
+        paths[member] = path
+    return paths
+
+
+class _Config:
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+
+
+def _start_together(daemons, paths, env, period=60):
+    """Start every daemon just after a slot boundary and wait until each
+    sees all three in the group; return the time from which slots have
+    the full ring (the last boundary before they all agreed)."""
+    while not 1 <= time.time() % period <= 15:
+        time.sleep(0.5)
+    started = {m: daemons.start(_Config(p), **env) for m, p in paths.items()}
+
+    def agreed(daemon) -> bool:
+        return any(
+            "coordination:" in line and all(m in line for m in paths)
+            for line in daemon.output().splitlines()
+        )
+
+    wait_until(
+        lambda: all(agreed(d) for d in started.values()),
+        120,
+        "every daemon seeing all three members",
+        interval=0.5,
+    )
+    now = time.time()
+    boundary = datetime.datetime.fromtimestamp(now - now % period, UTC)
+    return started, boundary
+
+
+def _slot_runs(journal: Journal, policy: str, slot):
+    return [
+        r
+        for r in journal.runs(policy=policy, limit=10_000)
+        if r.scheduled_at == slot
+    ]
+
+
+def _first_slot(journal: Journal, policy: str, after=None):
+    """The first slot (after ``after``) in which volumes were backed up;
+    slots recorded as missed at start-up have no volume runs."""
+    slots = [
+        r.scheduled_at
+        for r in journal.runs(policy=policy, limit=10_000)
+        if not r.target.startswith("*")
+        and (after is None or r.scheduled_at > after)
+    ]
+    return min(slots, default=None)
+
+
+def _backups_of_slot(admin, volume_id, policy, slot) -> list[str]:
+    """Backups of the volume that the slot's runs made (named by run)."""
+    name = resource_name(f"{policy}@{slot:%Y-%m-%dT%H:%M:%SZ}")
+    return [
+        b.id
+        for b in admin.block_storage.backups(
+            details=True, all_projects=True, volume_id=volume_id
+        )
+        if b.name == name
+    ]
+
+
+def _final(runs) -> bool:
+    return bool(runs) and all(r.is_final for r in runs)
+
+
+def _proxied_clouds(stack, tmp_path, proxy) -> pathlib.Path:
+    clouds = yaml.safe_load(pathlib.Path(stack.clouds_yaml).read_text())
+    cloud = dict(clouds["clouds"]["localstack-cinderbak"])
+    cloud["block_storage_endpoint_override"] = proxy.url + "/v3"
+    clouds["clouds"]["proxied"] = cloud
+    path = tmp_path / "clouds.yaml"
+    path.write_text(yaml.safe_dump(clouds))
+    path.chmod(0o600)
+    return path
+
+
+def _frozen_by(journal: Journal, member: str):
+    return journal.frozen_servers(host=member)
+
+
+def test_three_daemons_share_slots_and_a_survivor_thaws_a_killed_ones_guest(
+    stack,
+    alice,
+    admin,
+    make_volume,
+    shared_guests,
+    pg_journal,
+    daemons,
+    tmp_path,
+):
+    tag = uuid.uuid4().hex[:6]
+    uri, _ = shared_guests
+    members, servers, domains, policy, volumes = _setup(
+        stack, alice, make_volume, shared_guests, tag
+    )
+    every_volume = {v for vs in volumes.values() for v in vs}
+    journal = Journal.from_url(pg_journal)
+    journal.upgrade()
+    with FaultProxy(stack.cinder_url) as proxy:
+        clouds = _proxied_clouds(stack, tmp_path, proxy)
+        paths = _write_configs(
+            tmp_path,
+            stack,
+            uri,
+            pg_journal,
+            members,
+            policy,
+            "proxied",
+            f"ft-{tag}",
+        )
+        started, joined = _start_together(
+            daemons, paths, {"OS_CLIENT_CONFIG_FILE": str(clouds)}
+        )
+
+        # -- slot 1: every volume once, the work spread over all three.
+        first = wait_until(
+            lambda: _first_slot(journal, policy, after=joined),
+            150,
+            "the first slot with all three",
+        )
+        wait_until(
+            lambda: (
+                _final(_slot_runs(journal, policy, first))
+                and len(_slot_runs(journal, policy, first)) >= 12 + 3
+            ),
+            240,
+            "slot 1 settled by all three daemons",
+            interval=1,
+        )
+        runs = _slot_runs(journal, policy, first)
+        by_volume = collections.Counter(
+            r.target for r in runs if r.target in every_volume
+        )
+        assert set(by_volume) == every_volume
+        assert set(by_volume.values()) == {1}, by_volume
+        assert {r.state for r in runs if r.target in every_volume} == {
+            states.SUCCEEDED
+        }, [(r.target, r.state, r.summary) for r in runs]
+        work = collections.Counter(
+            r.host for r in runs if r.target in every_volume
+        )
+        print(f"slot 1 volumes per daemon: {dict(work)}")
+        assert set(work) == set(members), work
+        for volume_id in every_volume:
+            assert len(_backups_of_slot(admin, volume_id, policy, first)) == 1
+
+        # -- slot 2: backup requests answer slowly (shorter than a lease,
+        # so the killed daemon's request reaches Cinder before a survivor
+        # looks for its backup), which holds every freeze open; kill the
+        # first daemon seen frozen.
+        proxy.add("POST", r"/backups$", "delay", times=10_000, seconds=4)
+        victim = wait_until(
+            lambda: next((m for m in members if _frozen_by(journal, m)), None),
+            120,
+            "a daemon holding a frozen guest",
+            interval=0.2,
+        )
+        frozen = _frozen_by(journal, victim)
+        started[victim].proc.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        started[victim].wait(30)
+        proxy.rules.clear()
+        frozen_servers = {s.target for s in frozen}
+        survivors = [m for m in members if m != victim]
+
+        def thawed_by_survivor():
+            thaws = []
+            for step in frozen:
+                run = journal.get_run(step.run_id)
+                thaws += [
+                    s
+                    for s in run.steps or ()
+                    if s.kind == steps.THAW
+                    and s.target == step.target
+                    and s.state == states.StepState.DONE
+                    and s.details.get("host") in survivors
+                ]
+            return len(thaws) >= len(frozen_servers)
+
+        wait_until(
+            thawed_by_survivor, 3 * LEASE, "a survivor thawing", interval=0.5
+        )
+        took = time.monotonic() - killed_at
+        print(
+            f"killed {victim} holding {len(frozen_servers)} frozen guests; "
+            f"thawed by a survivor after {took:.1f} s (lease {LEASE} s)"
+        )
+        second = journal.get_run(frozen[0].run_id).scheduled_at
+        wait_until(
+            lambda: (
+                _final(_slot_runs(journal, policy, second))
+                and {
+                    r.target
+                    for r in _slot_runs(journal, policy, second)
+                    if r.target in every_volume
+                }
+                == every_volume
+            ),
+            300,
+            "slot 2 finished or reported",
+            interval=1,
+        )
+        runs = _slot_runs(journal, policy, second)
+        by_volume = collections.Counter(
+            r.target for r in runs if r.target in every_volume
+        )
+        assert set(by_volume.values()) == {1}, by_volume
+        outcome = collections.Counter(
+            str(r.state) for r in runs if r.target in every_volume
+        )
+        print(f"slot 2 outcomes: {dict(outcome)}")
+        # No duplicate backup, no leaked snapshot, every guest thawed.
+        for volume_id in every_volume:
+            made = _backups_of_slot(admin, volume_id, policy, second)
+            assert len(made) <= 1, (volume_id, made)
+        wait_until(
+            lambda: (
+                not [
+                    s
+                    for s in admin.block_storage.snapshots(
+                        details=True, all_projects=True
+                    )
+                    if s.volume_id in every_volume
+                ]
+            ),
+            120,
+            "no temporary snapshot left",
+            interval=2,
+        )
+        for domain in domains:
+            assert domain.fsThaw() == 0, f"{domain.name()} was still frozen"
+        for member in survivors:
+            assert started[member].proc.poll() is None
+            output = started[member].output()
+            assert "Traceback" not in output, output[-3000:]
+        takeover_lines = [
+            line
+            for m in survivors
+            for line in started[m].output().splitlines()
+            if "takeover" in line
+        ]
+        assert any(victim in line for line in takeover_lines), takeover_lines
+        for member in survivors:
+            assert started[member].stop(60) == 0
+    for domain in domains:
+        domain.destroy()
+
+
+def test_the_coordination_backend_away_during_a_slot(
+    stack,
+    alice,
+    admin,
+    make_volume,
+    shared_guests,
+    pg_journal,
+    daemons,
+    tmp_path,
+):
+    """etcd stopped while a slot runs: the daemons keep their last view
+    of the group, nobody takes a live daemon for dead, no volume is backed
+    up twice, no freeze outlasts max_freeze_seconds; when etcd is back
+    the next slot runs normally."""
+    tag = uuid.uuid4().hex[:6]
+    uri, _ = shared_guests
+    members, servers, domains, policy, volumes = _setup(
+        stack, alice, make_volume, shared_guests, tag
+    )
+    every_volume = {v for vs in volumes.values() for v in vs}
+    journal = Journal.from_url(pg_journal)
+    journal.upgrade()
+    paths = _write_configs(
+        tmp_path,
+        stack,
+        uri,
+        pg_journal,
+        members,
+        policy,
+        "localstack-cinderbak",
+        f"ft-{tag}",
+        max_freeze=20,
+    )
+    started, joined = _start_together(daemons, paths, {})
+    first = wait_until(
+        lambda: _first_slot(journal, policy, after=joined),
+        150,
+        "the first slot with all three",
+    )
+    etcd_pid = int(pathlib.Path(stack.raw["pid_files"]["etcd"]).read_text())
+    os.kill(etcd_pid, signal.SIGSTOP)
+    try:
+        wait_until(
+            lambda: (
+                _final(_slot_runs(journal, policy, first))
+                and len(_slot_runs(journal, policy, first)) >= 12 + 3
+            ),
+            240,
+            "slot 1 settled with etcd away",
+            interval=1,
+        )
+        # Away for longer than a lease: every member's key lapses.
+        time.sleep(max(0, LEASE + 5))
+    finally:
+        os.kill(etcd_pid, signal.SIGCONT)
+    runs = _slot_runs(journal, policy, first)
+    by_volume = collections.Counter(
+        r.target for r in runs if r.target in every_volume
+    )
+    assert set(by_volume) == every_volume
+    assert set(by_volume.values()) == {1}, by_volume
+    # Every freeze ended within max_freeze_seconds.
+    for run in runs:
+        record = journal.get_run(run.id)
+        for step in record.steps or ():
+            if step.kind == steps.FREEZE and step.finished_at:
+                thaw = [
+                    s
+                    for s in record.steps or ()
+                    if s.kind == steps.THAW and s.target == step.target
+                ]
+                assert thaw, (run.target, "no thaw")
+                held = (thaw[-1].finished_at - step.created_at).total_seconds()
+                assert held <= 20 + 5, (run.target, held)
+    # Back: the next slot runs with the whole group, each volume once.
+    second = wait_until(
+        lambda: _first_slot(journal, policy, after=first),
+        150,
+        "the next slot",
+    )
+    wait_until(
+        lambda: (
+            _final(_slot_runs(journal, policy, second))
+            and {
+                r.target
+                for r in _slot_runs(journal, policy, second)
+                if r.target in every_volume
+            }
+            == every_volume
+        ),
+        240,
+        "the next slot settled",
+        interval=1,
+    )
+    runs = _slot_runs(journal, policy, second)
+    assert {r.state for r in runs if r.target in every_volume} == {
+        states.SUCCEEDED
+    }
+    for member in members:
+        output = started[member].output()
+        assert "takeover of" not in output, output[-3000:]
+        assert started[member].stop(60) == 0
+    for domain in domains:
+        assert domain.fsThaw() == 0
+        domain.destroy()
