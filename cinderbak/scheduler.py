@@ -39,7 +39,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import discovery, expiry, recovery, systemd, verify
+from cinderbak import announce, discovery, expiry, recovery, systemd, verify
 from cinderbak.journal import (
     InvalidTransition,
     RunRecord,
@@ -605,6 +605,7 @@ class Daemon:
                 states.FAILED,
                 {"error": f"{type(exc).__name__}: {exc}"},
             )
+            announce.run_ended(self.parts, name, slot)
             raise
         summary = slot_summary(outcomes, len(found))
         if self.stop.is_set() and summary["interrupted"]:
@@ -620,6 +621,7 @@ class Daemon:
             return
         state = slot_state(summary)
         journal.finish_run(run_id, state, summary)
+        announce.run_ended(self.parts, name, slot)
         LOG.info(
             "policy %s, slot %s: %s (%s)",
             name,
@@ -647,6 +649,7 @@ class Daemon:
         )
         if handle.state is states.PENDING:
             self.parts.journal.finish_run(handle.id, state, {"error": reason})
+            announce.run_ended(self.parts, name, slot)
             LOG.warning(
                 "policy %s, slot %s: %s: %s", name, slot, state, reason
             )

@@ -177,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     try:
         metrics.serve(conf)
+        metrics.CLOCKS.watch(conf, parts.journal, lambda: parts.policies)
     except OSError as exc:
         LOG.error("cannot serve metrics: %s", exc)
         return EXIT_CONFIG
