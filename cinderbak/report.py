@@ -460,9 +460,15 @@ def _iso(value: datetime.datetime | None) -> str:
 # -- rendering -----------------------------------------------------------
 
 
-def render(report: Report) -> str:
+LIMIT = 100
+"""Lines per list in a rendered report unless asked for all: a mail of
+10,000 volumes names its failures, not every success."""
+
+
+def render(report: Report, limit: int | None = LIMIT) -> str:
     """Given a report, return it as plain text (the mail body, and what
-    ``cinderbak runs show`` prints)."""
+    ``cinderbak runs show`` prints), at most ``limit`` lines per list
+    (None: all)."""
     out = [
         report.subject().removeprefix("[cinderbak] "),
         "",
@@ -475,14 +481,24 @@ def render(report: Report) -> str:
     ]
     out += [f"note:       {text}" for text in report.remarks]
     if report.kind == EXPIRY:
-        out += _render_expiry(report)
+        out += _render_expiry(report, limit)
     else:
-        out += _render_volumes(report)
+        out += _render_volumes(report, limit)
     # Reasons quote tenant metadata: shown escaped (see escape.py).
     return "\n".join(escape(line) for line in out) + "\n"
 
 
-def _render_volumes(report: Report) -> list[str]:
+def _capped(lines: list[str], limit: int | None) -> list[str]:
+    if limit is None or len(lines) <= limit:
+        return lines
+    more = len(lines) - limit
+    return [
+        *lines[:limit],
+        f"  ... and {more} more (cinderbak runs show --all)",
+    ]
+
+
+def _render_volumes(report: Report, limit: int | None) -> list[str]:
     out = [f"volumes:    {report.counts_text()}"]
     if report.kind == BACKUP:
         kinds = report.kinds()
@@ -495,53 +511,67 @@ def _render_volumes(report: Report) -> list[str]:
         rows = [v for v in report.volumes if v.status == status]
         if rows:
             out += ["", f"{title}:"]
-            out += [f"  {_who(v)}: {v.reason or v.state}" for v in rows]
+            out += _capped(
+                [f"  {_who(v)}: {v.reason or v.state}" for v in rows], limit
+            )
     skipped = [v for v in report.volumes if v.status == SKIPPED]
     if skipped:
         out += ["", "Skipped:"]
-        out += [f"  {_who(v)}: {v.reason or 'skipped'}" for v in skipped]
+        out += _capped(
+            [f"  {_who(v)}: {v.reason or 'skipped'}" for v in skipped], limit
+        )
     if report.rpo_seconds is not None:
         out += ["", f"Out of RPO ({_duration(report.rpo_seconds)}):"]
         if not report.out_of_rpo:
             out.append("  none")
+        late = []
         for r in report.out_of_rpo:
             last = _iso(r.last_success) if r.last_success else "never"
-            out.append(
+            late.append(
                 f"  {'NEW ' if r.newly else ''}{r.volume_id} "
                 f"(project {r.project_id}): last good backup {last}, "
                 f"{_duration(r.overdue_seconds)} overdue"
             )
+        out += _capped(late, limit)
     slow = report.slowest()
     if slow:
         out += ["", "Slowest:"]
         out += [f"  {_who(v)}: {v.seconds:.1f} s {v.kind}" for v in slow]
     freezes = report.freezes()
     if freezes:
-        out += ["", "Freeze windows:"]
-        out += [
-            f"  {v.group_id or v.volume_id}: {v.freeze_seconds:.3f} s"
-            for v in freezes
-        ]
-    done = [v for v in report.volumes if v.status == OK]
-    if done:
-        out += ["", "Done:"]
-        for v in done:
+        out += ["", "Freeze windows (longest first):"]
+        out += _capped(
+            [
+                f"  {v.group_id or v.volume_id}: {v.freeze_seconds:.3f} s"
+                for v in freezes
+            ],
+            limit,
+        )
+    done = []
+    for v in report.volumes:
+        if v.status == OK:
             size = "" if v.size_bytes is None else f", {_size(v.size_bytes)}"
             kind = f" {v.kind}" if v.kind else ""
-            out.append(f"  {_who(v)}:{kind} {v.backup_id}{size}")
+            done.append(f"  {_who(v)}:{kind} {v.backup_id}{size}")
+    if done:
+        out += ["", "Done:", *_capped(done, limit)]
     return out
 
 
-def _render_expiry(report: Report) -> list[str]:
+def _render_expiry(report: Report, limit: int | None) -> list[str]:
     out = [f"expiry:     {report.counts_text()}"]
     if report.deletions:
         out += ["", "Deletions:"]
-        out += [
-            f"  {d.backup_id} of volume {d.volume_id} (project "
-            f"{d.project_id}): {d.status}"
-            + (f": {d.reason}" if d.reason else "")
-            for d in report.deletions
-        ]
+        ordered = sorted(report.deletions, key=lambda d: d.status == "deleted")
+        out += _capped(
+            [
+                f"  {d.backup_id} of volume {d.volume_id} (project "
+                f"{d.project_id}): {d.status}"
+                + (f": {d.reason}" if d.reason else "")
+                for d in ordered
+            ],
+            limit,
+        )
     return out
 
 

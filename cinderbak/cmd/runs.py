@@ -123,6 +123,11 @@ class RunsShow(Command):
         parser.add_argument(
             "--json", action="store_true", help="the report as JSON"
         )
+        parser.add_argument(
+            "--all",
+            action="store_true",
+            help=f"every volume (default: at most {report.LIMIT} per list)",
+        )
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
@@ -150,5 +155,6 @@ class RunsShow(Command):
             text = json.dumps(dataclasses.asdict(done), default=str, indent=2)
             self.app.stdout.write(text + "\n")
         else:
-            self.app.stdout.write(report.render(done))
+            limit = None if parsed_args.all else report.LIMIT
+            self.app.stdout.write(report.render(done, limit))
         return 0

@@ -115,10 +115,19 @@ def test_a_slot_report_counts_names_reasons_and_sums_bytes():
     text = report.render(done)
     assert "v3 (project p2): no role in project p2: grant it a role" in text
     assert "1 full, 1 incremental, 12.0 GiB" in text
-    assert "Freeze windows:\n  g1: 1.500 s" in text
+    assert "Freeze windows (longest first):\n  g1: 1.500 s" in text
     assert "v4 (project p1): volume is backing-up" in text
     assert done.subject().startswith("[cinderbak] backup run of policy daily")
     assert "FAILED (2 ok, 1 failed, 1 skipped)" in done.subject()
+
+
+def test_long_lists_are_capped_unless_all_is_asked_for():
+    runs = [ok(f"v{i:03}", "incremental", 1, 10.0) for i in range(120)]
+    done = report.build(runs, SLOT + HOUR)
+    text = report.render(done)
+    assert "  ... and 20 more (cinderbak runs show --all)" in text
+    assert "v119" not in text
+    assert "v119" in report.render(done, None)
 
 
 def test_a_run_once_slot_without_a_policy_level_run_takes_the_worst():
