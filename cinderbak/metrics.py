@@ -25,6 +25,7 @@ from prometheus_client import core as prom_core
 from prometheus_client import registry as prom_registry
 
 from cinderbak import report, rpo
+from cinderbak.journal.states import FAILURE_RUN_STATES
 
 if TYPE_CHECKING:
     from cinderbak.journal import Journal
@@ -273,6 +274,18 @@ class Clocks(prom_registry.Collector):
         self._journal = journal
         self._policies = policies
         marks = journal.backup_marks()
+        # How the newest run of each kind and policy ended, so a restart
+        # neither clears nor invents a failed-run alert.
+        for name, slot in journal.last_run_per_policy().items():
+            if not slot.finished:
+                continue
+            kind, policy = report.kind_of(name)
+            failed = any(s in FAILURE_RUN_STATES for s in slot.states)
+            LAST_RUN_FAILED.labels(kind, policy).set(1 if failed else 0)
+            if slot.last_finished_at is not None:
+                LAST_RUN_END.labels(kind, policy).set(
+                    slot.last_finished_at.timestamp()
+                )
         with self._lock:
             for (policy, volume), (project, last, first) in marks.items():
                 self._clocks[(policy, volume)] = rpo.Clock(

@@ -5,8 +5,14 @@ on SQLite and PostgreSQL (JOURNAL_TEST_PG_URL)."""
 from __future__ import annotations
 
 import datetime
+import types
 
+import prometheus_client
+from oslo_config import cfg
+
+from cinderbak import metrics, opts
 from cinderbak.journal import Journal, RunState, StepKind
+from cinderbak.policy import parse_schedule
 
 # The journal tests' fixtures: a fresh journal on SQLite and PostgreSQL,
 # a settable clock (their parameters shadow the imported names).
@@ -92,3 +98,53 @@ def test_unfinished_counts_are_queued_and_in_flight(journal: Journal):
         ("daily", RunState.RUNNING): 1,
         ("verify:daily", RunState.RUNNING): 1,
     }
+
+
+def test_the_metrics_start_from_what_the_journal_knows(
+    journal: Journal, clock: Clock
+):
+    """At start-up the RPO clocks and the last runs' outcomes come from
+    the journal, so a restart neither clears nor invents an alert."""
+    _run(journal, "*", RunState.PARTIAL)
+    _run(journal, "vol-ok", RunState.SUCCEEDED)
+    _run(journal, "vol-bad", RunState.FAILED, project="p2")
+    _run(journal, "b-1", RunState.SUCCEEDED, policy="verify:daily")
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    conf(args=[], project="cinderbak", default_config_files=[])
+    daily = types.SimpleNamespace(schedule=parse_schedule("every 1h"))
+    clocks = metrics.Clocks()
+    clocks.watch(conf, journal, lambda: {"daily": daily})
+    clocks._now = lambda: T0 + 3 * HOUR  # noqa: SLF001
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(clocks)
+    value = registry.get_sample_value
+    assert value("cinderbak_policy_volumes", {"policy": "daily"}) == 2
+    assert (
+        value("cinderbak_policy_volumes_out_of_rpo", {"policy": "daily"}) == 2
+    )
+    assert (
+        value(
+            "cinderbak_volume_last_success_timestamp_seconds",
+            {
+                "policy": "daily",
+                "project_id": "p2",
+                "volume_id": "vol-bad",
+                "never_succeeded": "true",
+            },
+        )
+        == T0.timestamp()
+    )
+    gauge = metrics.REGISTRY.get_sample_value
+    assert (
+        gauge(
+            "cinderbak_last_run_failed", {"kind": "backup", "policy": "daily"}
+        )
+        == 1
+    )
+    assert (
+        gauge(
+            "cinderbak_last_run_failed", {"kind": "verify", "policy": "daily"}
+        )
+        == 0
+    )
