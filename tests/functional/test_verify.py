@@ -112,8 +112,12 @@ def test_verify_passes_then_catches_a_corrupted_backup_and_keeps_it(
     made = backed_up(
         "volume",
         [(0, _pattern("v0", 16 * MIB)), (600 * MIB, _pattern("v1", 4 * MIB))],
-        "[oslo_messaging_notifications]\ndriver = messagingv2\n"
-        f"topics = {topic}\ntransport_url = {stack.raw['rabbitmq_url']}\n",
+        f"""
+        [oslo_messaging_notifications]
+        driver = messagingv2
+        topics = {topic}
+        transport_url = {stack.raw["rabbitmq_url"]}
+        """,
     )
     cinderbak, backup_id = made.cinderbak, made.backup_id
     marks = alice.block_storage.get_backup(backup_id).metadata
