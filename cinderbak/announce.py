@@ -109,10 +109,11 @@ def run_ended(
             parts.journal, parts.conf, parts.policies, runs[0], _utcnow()
         )
         metrics.record_report(done)
-        send = _notifier(parts.conf).send
+        sender = _notifier(parts.conf)
         for event in notifier.run_payloads(done):
-            send(*event)
+            sender.send(*event)
         mailer.send(parts.conf, done)
+        sender.flush(notifier.FLUSH_AT_RUN_END)
     except Exception:
         LOG.exception(
             "run of %s at %s: could not report", policy_name, scheduled_at

@@ -21,9 +21,12 @@ The payload builders are pure; :class:`Notifier` only sends.
 
 from __future__ import annotations
 
+import atexit
 import datetime
+import queue
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +47,11 @@ PAYLOAD_VERSION = "1.0"
 RETRIES = 2
 """Attempts to re-send a notification the broker did not take: a broker
 down must not hold up a backup run (oslo.messaging's default is forever)."""
+QUEUE_SIZE = 20_000
+"""Events waiting for the broker at most (two per volume of a 10,000
+volume run); beyond that they are dropped, never the run held up."""
+FLUSH_AT_RUN_END = 30.0
+FLUSH_AT_EXIT = 10.0
 FAILURES = 20
 """At most this many failed volumes named in one ``run.end`` payload."""
 
@@ -207,13 +215,25 @@ def _expiry_part(done: report.Report, project: str) -> dict[str, Any]:
 
 
 class Notifier:
-    """Sends events when a driver is configured; else does nothing."""
+    """Sends events when a driver is configured; else does nothing.
+
+    Events go through a bounded queue to one sender thread: a slow or
+    absent broker must not hold up the run's poll loop (each event may
+    wait for RETRIES reconnections). When the queue is full, events are
+    dropped and counted in the log. :meth:`flush` waits for the queue to
+    drain (at a run's end, and at exit).
+    """
 
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         self._conf = conf
         self._lock = threading.Lock()
         self._notifier: Any = None
         self._checked = False
+        self._queue: queue.Queue[tuple[str, str, dict[str, Any]]] = (
+            queue.Queue(maxsize=QUEUE_SIZE)
+        )
+        self._sender: threading.Thread | None = None
+        self._dropped = 0
 
     def _get(self) -> Any:
         with self._lock:
@@ -233,6 +253,13 @@ class Notifier:
             )
             if notifier.is_enabled():
                 self._notifier = notifier
+                self._sender = threading.Thread(
+                    target=self._send_loop,
+                    name="cinderbak-notifier",
+                    daemon=True,
+                )
+                self._sender.start()
+                atexit.register(self.flush, FLUSH_AT_EXIT)
                 LOG.info(
                     "notifications: %s on topics %s",
                     ", ".join(self._conf[GROUP].driver),
@@ -243,12 +270,46 @@ class Notifier:
     def send(
         self, priority: str, event: str, payload: Mapping[str, Any]
     ) -> None:
-        """Send one event; a broker that fails is logged, never raised."""
+        """Queue one event for sending; never blocks, never raises."""
         try:
-            notifier = self._get()
-            if notifier is None:
+            if self._get() is None:
                 return
-            context = {"project_id": payload.get("project_id")}
-            getattr(notifier, priority)(context, event, dict(payload))
+            self._queue.put_nowait((priority, event, dict(payload)))
+        except queue.Full:
+            self._dropped += 1
+            if self._dropped in (1, 10, 100) or not self._dropped % 1000:
+                LOG.warning(
+                    "notification queue full (the broker is slow or "
+                    "down): %d events dropped so far",
+                    self._dropped,
+                )
         except Exception as exc:  # noqa: BLE001 - a backup outranks a message
             LOG.warning("notification %s not sent: %s", event, exc)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for queued events to be sent;
+        return whether the queue drained."""
+        if self._sender is None:
+            return True
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                LOG.warning(
+                    "%d notifications still unsent after %.0f s",
+                    self._queue.unfinished_tasks,
+                    timeout,
+                )
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _send_loop(self) -> None:
+        while True:
+            priority, event, payload = self._queue.get()
+            try:
+                context = {"project_id": payload.get("project_id")}
+                getattr(self._notifier, priority)(context, event, payload)
+            except Exception as exc:  # noqa: BLE001 - logged, next one
+                LOG.warning("notification %s not sent: %s", event, exc)
+            finally:
+                self._queue.task_done()
