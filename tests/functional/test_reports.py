@@ -11,10 +11,13 @@ backups keep failing.
 
 from __future__ import annotations
 
+import datetime
 import email
 import email.policy
+import ipaddress
 import json
 import socket
+import ssl
 import subprocess
 import urllib.request
 import uuid
@@ -23,10 +26,18 @@ from typing import Any
 import pytest
 import yaml
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from oslo_config import cfg
 
+from cinderbak import mailer, opts, report
 from cinderbak.journal import Journal
 from tests.functional.conftest import CINDERBAK, ROOT
 from tests.functional.test_daemon import Daemons, wait_until
+from tests.unit import test_report as unit_report
 
 OPT_IN = "cinderbak:policy"
 RULES = "etc/cinderbak/cinderbak-alerts.rules.yml"
@@ -277,3 +288,95 @@ def test_prometheus_scrapes_the_daemon_and_the_rpo_alert_fires(
             prometheus.terminate()
             prometheus.wait(30)
         daemons.kill_all()
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, as files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), critical=True
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "smtp.crt", tmp_path / "smtp.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+def test_the_report_mail_uses_starttls_and_auth(tmp_path):
+    """Against a real SMTP server that insists on STARTTLS and AUTH: the
+    certificate is checked against smtp_ca_file, a wrong password is
+    logged and reported as not sent, never raised."""
+    cert, key = _self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = (auth_data.login, auth_data.password) == (b"cb", b"s3cret")
+        return AuthResult(success=ok)
+
+    inbox = Inbox()
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=_free_port(),
+        tls_context=tls,
+        require_starttls=True,
+        authenticator=authenticator,
+        auth_required=True,
+    )
+    controller.start()
+    try:
+        conf = cfg.ConfigOpts()
+        opts.register_opts(conf)
+        conf(args=[], project="cinderbak", default_config_files=[])
+        for key_, value in {
+            "recipients": ["ops@example.org"],
+            "smtp_host": "127.0.0.1",
+            "smtp_port": controller.port,
+            "smtp_starttls": True,
+            "smtp_ca_file": cert,
+            "smtp_user": "cb",
+            "smtp_password": "s3cret",
+            # aiosmtpd answers a failed AUTH by going quiet: the timeout
+            # is what ends that attempt.
+            "smtp_timeout": 3.0,
+        }.items():
+            conf.set_override(key_, value, group="report")
+        done = report.build(unit_report.slot(), unit_report.SLOT)
+        assert mailer.send(conf, done)
+        [(_, recipients, mail)] = inbox.messages
+        assert recipients == ["ops@example.org"]
+        assert "grant it a role" in mail.get_content()
+
+        conf.set_override("smtp_password", "wrong", group="report")
+        assert not mailer.send(conf, done)
+        conf.set_override("smtp_password", "s3cret", group="report")
+        conf.set_override("smtp_ca_file", None, group="report")
+        assert not mailer.send(conf, done)  # not a CA the system trusts
+        assert len(inbox.messages) == 1
+    finally:
+        controller.stop()
