@@ -307,6 +307,12 @@ def _remarks(runs: Sequence[RunRecord]) -> tuple[str, ...]:
             text = summary.get("error") or summary.get("note")
             if text:
                 found.append(str(text))
+            stopped = summary.get("interrupted")
+            if isinstance(stopped, int) and stopped > 0:
+                found.append(
+                    f"{stopped} of the {summary.get('volumes', '?')} volumes "
+                    "found were interrupted before their outcome (a stop)"
+                )
     return tuple(found)
 
 

@@ -140,6 +140,22 @@ def test_a_run_once_slot_without_a_policy_level_run_takes_the_worst():
     assert report.build(slot()[3:4], SLOT + HOUR).state == "failed"
 
 
+def test_interrupted_volumes_of_a_slot_are_said():
+    runs = slot()
+    runs[0] = run(
+        "*",
+        RunState.PARTIAL,
+        {"volumes": 6, "ok": 2, "failed": 1, "interrupted": 2},
+        project=None,
+    )
+    done = report.build(runs, SLOT + HOUR)
+    assert done.remarks == (
+        "2 of the 6 volumes found were interrupted before their outcome "
+        "(a stop)",
+    )
+    assert "note:       2 of the 6 volumes" in report.render(done)
+
+
 def test_a_run_still_going_is_reported_as_such():
     runs = [*slot()[1:3], run("v5", RunState.RUNNING)]
     done = report.build(runs, SLOT + HOUR)
