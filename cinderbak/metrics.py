@@ -124,6 +124,12 @@ FREEZE_WINDOW = prometheus_client.Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120),
     registry=REGISTRY,
 )
+FREEZE_OVERRUNS = prometheus_client.Counter(
+    "cinderbak_freeze_overruns",
+    "Freezes that lasted longer than the policy's max_freeze_seconds.",
+    ["policy"],
+    registry=REGISTRY,
+)
 API_LATENCY = prometheus_client.Histogram(
     "cinderbak_api_request_duration_seconds",
     "Latency of each HTTP request to the OpenStack APIs.",
@@ -197,6 +203,8 @@ def record_outcome(outcome: Outcome, now: datetime.datetime) -> None:
             BACKUP_SIZE.labels(policy).observe(outcome.size_gb * _GIB)
     if outcome.freeze_seconds is not None and _first_of_freeze(outcome):
         FREEZE_WINDOW.labels(policy).observe(outcome.freeze_seconds)
+        if outcome.freeze_seconds > CLOCKS.freeze_limit(policy):
+            FREEZE_OVERRUNS.labels(policy).inc()
     CLOCKS.backup_ended(outcome, now)
 
 
@@ -295,6 +303,11 @@ class Clocks(prom_registry.Collector):
                     newest = self._last_ok.get(policy)
                     if newest is None or last > newest:
                         self._last_ok[policy] = last
+
+    def freeze_limit(self, policy: str) -> float:
+        """The policy's max_freeze_seconds (its default when unknown)."""
+        known = self._policies().get(policy)
+        return known.max_freeze_seconds if known is not None else 10.0
 
     def backup_ended(self, outcome: Outcome, now: datetime.datetime) -> None:
         key = (outcome.policy, outcome.volume_id)

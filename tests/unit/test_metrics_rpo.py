@@ -129,3 +129,33 @@ def test_metric_names_follow_the_conventions():
 
 
 _S = datetime.timedelta(seconds=1)
+
+
+def test_a_freeze_is_observed_once_and_counted_over_its_policys_limit():
+    policy = f"frz-{id(object())}"
+    strict = types.SimpleNamespace(
+        schedule=parse_schedule("every 1h"), max_freeze_seconds=2.0
+    )
+    saved = metrics.CLOCKS._policies  # noqa: SLF001
+    metrics.CLOCKS._policies = lambda: {policy: strict}  # noqa: SLF001
+    try:
+        for volume, seconds, group in (
+            ("v1", 3.5, "g1"),
+            ("v2", 3.5, "g1"),  # the same freeze as v1
+            ("v3", 1.0, "g2"),
+        ):
+            done = Outcome(
+                volume_id=volume,
+                project_id="p1",
+                policy=policy,
+                status="ok",
+                freeze_seconds=seconds,
+                group_id=group,
+            )
+            metrics.record_outcome(done, T0)
+    finally:
+        metrics.CLOCKS._policies = saved  # noqa: SLF001
+    value = metrics.REGISTRY.get_sample_value
+    labels = {"policy": policy}
+    assert value("cinderbak_freeze_window_seconds_count", labels) == 2
+    assert value("cinderbak_freeze_overruns_total", labels) == 1
