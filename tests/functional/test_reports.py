@@ -283,6 +283,33 @@ def test_prometheus_scrapes_the_daemon_and_the_rpo_alert_fires(
         )["data"]["result"]
         assert sum(float(r["value"][1]) for r in latency) > 0
         assert daemon.stop() == 0
+        # The daemon's slot reports, read back: the volume is out of RPO.
+        slots = [
+            r
+            for r in daemons.journal().runs(policy=policy, target="*")
+            if r.is_final
+        ]
+        assert len(slots) >= 2, slots
+        shown = subprocess.run(
+            [
+                CINDERBAK,
+                "--config-file",
+                config.path,
+                "runs",
+                "show",
+                slots[0].id,
+            ],
+            env=config.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+        assert f"state:      {slots[0].state}" in shown
+        assert "grant it a role" in shown
+        late = shown.split("Out of RPO (10 s):\n", 1)[1]
+        assert f"{failing.id} (project {stack.projects['tenant-c']})" in late
+        assert "last good backup never" in late
     finally:
         if prometheus is not None:
             prometheus.terminate()
