@@ -23,6 +23,8 @@ from openstack import exceptions as sdk_exceptions
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from cinderbak import metrics
+
 LOG = logging.getLogger(__name__)
 
 AUTH_GROUP = "service_auth"
@@ -232,8 +234,11 @@ class Cloud:
         }
         if conf.cloud.cloud:
             if project_id is None:
-                return openstack.connect(cloud=conf.cloud.cloud, **options)
-            return self.service.connect_as(project_id=project_id)
+                conn = openstack.connect(cloud=conf.cloud.cloud, **options)
+            else:
+                conn = self.service.connect_as(project_id=project_id)
+            metrics.instrument(conn)
+            return conn
         overrides = {}
         if project_id is not None:
             overrides = {
@@ -255,7 +260,9 @@ class Cloud:
             timeout=getattr(conf, AUTH_GROUP).timeout
             or conf.cloud.api_timeout,
         )
-        return openstack.connection.Connection(session=session, **options)
+        conn = openstack.connection.Connection(session=session, **options)
+        metrics.instrument(conn)
+        return conn
 
     def for_project(self, project_id: str) -> openstack.connection.Connection:
         """Return a connection scoped to ``project_id`` (cached).

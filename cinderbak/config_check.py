@@ -177,8 +177,13 @@ def load_schema(raw: Sequence[Section] = ()) -> Schema:
     from cinderbak.quiesce.base import NAMESPACE
 
     groups: dict[str, dict[str, cfg.Opt]] = {DEFAULT: {}}
+    names = list(NAMESPACES)
+    if any(s.name.startswith("oslo_messaging") for s in raw):
+        # Notifications are configured: oslo.messaging's own groups
+        # (loaded only then: its option listing imports every driver).
+        names.append("oslo.messaging")
     manager: named.NamedExtensionManager[Any] = named.NamedExtensionManager(
-        "oslo.config.opts", names=list(NAMESPACES), invoke_on_load=False
+        "oslo.config.opts", names=names, invoke_on_load=False
     )
     for ext in manager:
         for group, group_opts in ext.plugin():

@@ -53,7 +53,7 @@ from openstack import exceptions as sdk_exceptions
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import backups, chains, discovery, retention, tenant
+from cinderbak import announce, backups, chains, discovery, retention, tenant
 from cinderbak.chains import BackupInfo
 from cinderbak.cloud import NoRoleInProject
 from cinderbak.journal import Journal, states, steps
@@ -548,15 +548,21 @@ class _Deleter:
         self.results: dict[str, str] = {}
         self.run_id = ""
 
-    def execute(self, plans: list[VolumePlan]) -> dict[str, str]:
-        """Delete what ``plans`` say; return a result per backup id."""
+    def execute(
+        self, plans: list[VolumePlan], *, kept: int | None = None
+    ) -> dict[str, str]:
+        """Delete what ``plans`` say; return a result per backup id.
+        ``kept`` (how many backups the pass keeps) goes to the report."""
         wanted = [d.backup_id for p in plans for d in p.plan.deletions]
+        attrs: dict[str, int] = {"deletions": len(wanted)}
+        if kept is not None:
+            attrs["kept"] = kept
         run = self.journal.begin_run(
             RUN_PREFIX + self.policy.name,
             RUN_TARGET,
             self.now,
             project_id=None,
-            attrs={"deletions": len(wanted)},
+            attrs=attrs,
         )
         if not run.created:
             why = (
@@ -803,7 +809,10 @@ def expire_policy(
     if not work:
         return rows
     deleter = _Deleter(parts, policy, now, stop or threading.Event())
-    results = deleter.execute(work)
+    kept = sum(len(p.plan.keep_ids) for p in plans)
+    results = deleter.execute(work, kept=kept)
+    if deleter.run_id:
+        announce.run_ended(parts, RUN_PREFIX + policy.name, now)
     for p in work:
         rows.extend(
             p.row(d, results.get(d.backup_id, f"{SKIPPED}: not reached"))

@@ -40,6 +40,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from cinderbak import (
+    announce,
     discovery,
     expiry,
     membership,
@@ -684,6 +685,7 @@ class Daemon:
                 states.FAILED,
                 {"error": f"{type(exc).__name__}: {exc}"},
             )
+            self._announce_slot(name, slot)
             raise
         summary = slot_summary(outcomes, len(mine))
         if self.stop.is_set() and summary["interrupted"]:
@@ -699,6 +701,7 @@ class Daemon:
             return
         state = slot_state(summary)
         journal.finish_run(run_id, state, summary)
+        self._announce_slot(name, slot)
         LOG.info(
             "policy %s, slot %s: %s (%s)",
             name,
@@ -708,6 +711,22 @@ class Daemon:
         )
         if self.conf.daemon.expire_after_run and not self.stop.is_set():
             self._expire(known)
+
+    def _announce_slot(self, name: str, slot: datetime.datetime) -> None:
+        """Report the slot once it is over: alone, at once; among several
+        daemons, by the one whose share ends last (the report covers
+        every share)."""
+        if self.members.coordinated:
+            shares = [
+                r
+                for r in self.parts.journal.runs(
+                    policy=name, slots=True, limit=1000
+                )
+                if r.scheduled_at == slot
+            ]
+            if not all(r.is_final for r in shares):
+                return
+        announce.run_ended(self.parts, name, slot)
 
     def _record_slot(
         self,
@@ -726,6 +745,7 @@ class Daemon:
         )
         if handle.state is states.PENDING:
             self.parts.journal.finish_run(handle.id, state, {"error": reason})
+            self._announce_slot(name, slot)
             LOG.warning(
                 "policy %s, slot %s: %s: %s", name, slot, state, reason
             )
@@ -920,6 +940,7 @@ class Daemon:
                 states.MISSED,
                 {"error": "the daemon stopped before this run started"},
             )
+            self._announce_slot(record.policy, record.scheduled_at)
             return
         discovered = [
             s for s in record.steps or () if s.kind == steps.DISCOVER
@@ -952,6 +973,7 @@ class Daemon:
                     "was backed up in this slot"
                 },
             )
+            self._announce_slot(record.policy, record.scheduled_at)
             return
         runs = [
             r
@@ -971,6 +993,7 @@ class Daemon:
         )
         state = slot_state(summary)
         journal.finish_run(record.id, state, summary)
+        self._announce_slot(record.policy, record.scheduled_at)
         LOG.info(
             "recovery: policy %s, slot %s: %s (%s)",
             record.policy,

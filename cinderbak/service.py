@@ -11,7 +11,14 @@ from collections.abc import Iterable
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import consistency, coordination, discovery, journal, policy
+from cinderbak import (
+    announce,
+    consistency,
+    coordination,
+    discovery,
+    journal,
+    policy,
+)
 from cinderbak.checksums import SourceChecksummer
 from cinderbak.cloud import Cloud
 from cinderbak.consistency import SourceSnapshotObserver
@@ -127,6 +134,7 @@ def run_once(
             parts, parts.policies[name], scheduled_at, stop=stop
         )
         outcomes.extend(run.execute(found))
+        announce.run_ended(parts, name, scheduled_at)
     if audit:
         problems = discovery.audit(parts.cloud, parts.policies)
         outcomes.extend(

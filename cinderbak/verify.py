@@ -25,7 +25,7 @@ from openstack.block_storage.v3.backup import Backup
 from openstack.block_storage.v3.volume import Volume
 from oslo_log import log as logging
 
-from cinderbak import fscheck, metrics, tenant, verification, waiting
+from cinderbak import announce, fscheck, metrics, tenant, verification, waiting
 from cinderbak.backups import parse_time
 from cinderbak.discovery import SCRATCH_PREFIX, is_scratch
 from cinderbak.journal import states, steps
@@ -188,6 +188,8 @@ class Verifier:
                     timeout=policy.verify_timeout,
                 )
             )
+        if rows:
+            announce.run_ended(self.parts, RUN_PREFIX + policy.name, now)
         return rows
 
     def _last_verifications(
@@ -429,6 +431,7 @@ class Verifier:
         self.journal.finish_run(
             run_id, states.FAILED if failed else states.SUCCEEDED, summary
         )
+        announce.verification_ended(self.conf, row, run_id)
         if failed:
             LOG.error(
                 "VERIFICATION FAILED: backup %s of volume %s (project %s, "

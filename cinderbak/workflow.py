@@ -30,6 +30,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from cinderbak import (
+    announce,
     backups,
     chains,
     consistency,
@@ -371,7 +372,14 @@ class PolicyRun:
             metrics.record_backup(self.policy.name, status)
             if status == "error":
                 self._write_back(target, reason)
-            return self._outcome(target, status, error=reason)
+            outcome = self._outcome(target, status, error=reason)
+            announce.backup_ended(
+                self.conf,
+                outcome,
+                run_id=run.id,
+                scheduled_at=self.scheduled_at,
+            )
+            return outcome
 
         if target.status == "backing-up":
             return refuse(
@@ -1296,6 +1304,12 @@ class PolicyRun:
         )
         self.journal.finish_run(job.run_id, state, job.outcome.as_dict())
         metrics.record_backup(self.policy.name, job.outcome.status)
+        announce.backup_ended(
+            self.conf,
+            job.outcome,
+            run_id=job.run_id,
+            scheduled_at=self.scheduled_at,
+        )
         if job.outcome.status == "ok":
             self._write_back(job.target, None, job.backup_id)
         elif job.outcome.status in ("error", "timeout"):

@@ -187,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     try:
         metrics.serve(conf)
+        metrics.CLOCKS.watch(conf, parts.journal, lambda: parts.policies)
     except OSError as exc:
         LOG.error("cannot serve metrics: %s", exc)
         return EXIT_CONFIG

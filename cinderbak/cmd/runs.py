@@ -1,13 +1,28 @@
-"""``cinderbak runs``: the per-run log, newest first, from the journal."""
+"""``cinderbak runs``: the per-run log, newest first, from the journal;
+``cinderbak runs show RUN``: one run's report."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
+import json
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, cast
 
-from cinderbak import scheduler, workflow
-from cinderbak.cmd.status import _JournalLister, when
-from cinderbak.journal import Journal, RunRecord
+from cliff.command import Command
+
+from cinderbak import announce, report, scheduler, workflow
+from cinderbak.cmd.status import (
+    _JournalLister,
+    configured_policies,
+    open_journal,
+    when,
+)
+from cinderbak.journal import Journal, NotFound, RunRecord
+
+if TYPE_CHECKING:
+    from cinderbak.cmd.cli import CinderbakApp
 
 COLUMNS = (
     "run_id",
@@ -90,3 +105,56 @@ class Runs(_JournalLister):
             limit=parsed_args.limit,
         ):
             yield run_row(run)
+
+
+class RunsShow(Command):
+    """Print the report of one run: what every volume did, why the
+    failed ones failed, the slowest and the freeze windows, what expiry
+    deleted and kept, and the volumes left out of their RPO.
+
+    RUN is any run id of the slot (``cinderbak runs`` lists them): the
+    policy-level run, one volume's, an expiry or a verification pass.
+    The report is built from the journal alone, as it was mailed.
+    """
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("run", metavar="RUN", help="a run id")
+        parser.add_argument(
+            "--json", action="store_true", help="the report as JSON"
+        )
+        parser.add_argument(
+            "--all",
+            action="store_true",
+            help=f"every volume (default: at most {report.LIMIT} per list)",
+        )
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        app = cast("CinderbakApp", self.app)
+        store = open_journal(app.conf)
+        if store is None:
+            self.app.stderr.write("no journal yet\n")
+            return 1
+        try:
+            try:
+                run = store.get_run(parsed_args.run)
+            except NotFound:
+                self.app.stderr.write(f"no run {parsed_args.run}\n")
+                return 1
+            done = announce.load(
+                store,
+                app.conf,
+                configured_policies(app),
+                run,
+                datetime.datetime.now(datetime.UTC),
+            )
+        finally:
+            store.close()
+        if parsed_args.json:
+            text = json.dumps(dataclasses.asdict(done), default=str, indent=2)
+            self.app.stdout.write(text + "\n")
+        else:
+            limit = None if parsed_args.all else report.LIMIT
+            self.app.stdout.write(report.render(done, limit))
+        return 0

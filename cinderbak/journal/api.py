@@ -1058,6 +1058,89 @@ class Journal:
         with self._read() as s:
             return {r.target: _step_record(r) for r in s.scalars(query)}
 
+    # -- reports and metrics (read only) ------------------------------
+
+    def slot_runs(
+        self, policy: str, scheduled_at: datetime.datetime
+    ) -> list[RunRecord]:
+        """Every run of one slot (same policy and scheduled time), with
+        their steps: what a run report is made of."""
+        query = (
+            sa.select(models.Run)
+            .where(
+                models.Run.policy == policy,
+                models.Run.scheduled_at == to_utc(scheduled_at),
+            )
+            .options(orm.selectinload(models.Run.steps))
+            .order_by(models.Run.created_at, models.Run.id)
+        )
+        with self._read() as s:
+            return [_run_record(r, with_steps=True) for r in s.scalars(query)]
+
+    def backup_marks(
+        self,
+        *,
+        policy: str | None = None,
+        before: datetime.datetime | None = None,
+    ) -> dict[tuple[str, str], tuple[str | None, Any, Any]]:
+        """Per (policy, volume) of the backup runs: (project id, finish
+        of the newest succeeded run or None, first scheduled time), from
+        runs scheduled before *before*. Verification, expiry and the
+        policy-level runs are left out. One grouped query: the RPO
+        clocks of every volume at start-up."""
+        run = models.Run
+        succeeded = sa.case(
+            (run.state == RunState.SUCCEEDED, run.finished_at), else_=None
+        )
+        query = (
+            sa.select(
+                run.policy,
+                run.target,
+                sa.func.max(run.project_id),
+                sa.func.max(succeeded),
+                sa.func.min(run.scheduled_at),
+            )
+            .where(
+                ~run.target.startswith("*"),
+                ~run.policy.contains(":"),
+                run.state.in_(FINAL_RUN_STATES),
+            )
+            .group_by(run.policy, run.target)
+        )
+        if policy is not None:
+            query = query.where(run.policy == policy)
+        if before is not None:
+            query = query.where(run.scheduled_at < to_utc(before))
+        decode = models.UTCDateTime().process_result_value
+        found: dict[tuple[str, str], tuple[str | None, Any, Any]] = {}
+        with self._read() as s:
+            for name, target, project, last, first in s.execute(query):
+                # Aggregates come back as the database's raw values.
+                found[(name, target)] = (
+                    project,
+                    _as_aware(last, decode),
+                    _as_aware(first, decode),
+                )
+        return found
+
+    def unfinished_counts(self) -> dict[tuple[str, RunState], int]:
+        """Runs not yet final, counted per (policy, state), all hosts:
+        PENDING ones are queued, RUNNING ones in flight."""
+        run = models.Run
+        query = (
+            sa.select(run.policy, run.state, sa.func.count())
+            .where(
+                run.state.in_(IN_FLIGHT_RUN_STATES),
+                ~run.target.startswith("*"),
+            )
+            .group_by(run.policy, run.state)
+        )
+        with self._read() as s:
+            return {
+                (name, RunState(state)): count
+                for name, state, count in s.execute(query)
+            }
+
     def prune(self, older_than: datetime.datetime | None = None) -> int:
         """Delete runs finished before *older_than*, and their steps.
 
@@ -1108,6 +1191,18 @@ class Journal:
 
     def _now(self) -> datetime.datetime:
         return to_utc(self._clock())
+
+
+def _as_aware(
+    value: Any, decode: Callable[[Any, Any], datetime.datetime | None]
+) -> datetime.datetime | None:
+    """An aggregate's raw value as an aware UTC datetime (SQLite hands
+    MAX() of a datetime column back as text)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value)
+    return decode(value, None)
 
 
 def _make_engine(url: str, *, busy_timeout: float) -> sa.Engine:

@@ -8,11 +8,14 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 
 import openstack
+import oslo_messaging
 import pytest
+from oslo_config import cfg
 
 from tests import localstack
 
@@ -218,3 +221,48 @@ def cinderbak_config(tmp_path, clouds_env):
         return runner
 
     return write
+
+
+class Received:
+    """oslo.messaging notification endpoint: keeps every event."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict]] = []
+        self.lock = threading.Lock()
+
+    def _keep(self, priority, event_type, payload) -> None:
+        with self.lock:
+            self.events.append((priority, event_type, payload))
+
+    def info(self, ctxt, publisher_id, event_type, payload, metadata):
+        self._keep("info", event_type, payload)
+
+    def error(self, ctxt, publisher_id, event_type, payload, metadata):
+        self._keep("error", event_type, payload)
+
+    def of(self, event_type: str) -> list[dict]:
+        with self.lock:
+            return [p for _, e, p in self.events if e == event_type]
+
+
+@pytest.fixture
+def consumer(stack):
+    """A listener on a topic of this test's own, on the stack's RabbitMQ."""
+    topic = f"cinderbak-ft-{uuid.uuid4().hex[:8]}"
+    conf = cfg.ConfigOpts()
+    conf([], project="ft", default_config_files=[])
+    transport = oslo_messaging.get_notification_transport(
+        conf, url=stack.raw["rabbitmq_url"]
+    )
+    received = Received()
+    listener = oslo_messaging.get_notification_listener(
+        transport,
+        [oslo_messaging.Target(topic=topic)],
+        [received],
+        executor="threading",
+    )
+    listener.start()
+    yield topic, received
+    listener.stop()
+    listener.wait()
+    transport.cleanup()

@@ -8,10 +8,13 @@ would show as a failed row.
 
 from __future__ import annotations
 
+import subprocess
+
 from openstack import exceptions as sdk_exceptions
 
 from cinderbak.journal import Journal
 from tests import localstack
+from tests.functional.conftest import CINDERBAK
 from tests.functional.test_run_once import MIB, _pattern, _restore, _row
 
 KEEP3 = """
@@ -154,6 +157,23 @@ def test_last_three_with_full_every_two_leaves_the_newest_chain(
     # Backups of others are exactly as they were.
     assert left[foreign[1].id].metadata == foreign[1].metadata
     assert left[foreign[0].id].metadata == {}
+    # The pass's report: what it deleted and how much it kept (ours and
+    # others' backups alike).
+    journal = Journal.from_url(
+        f"sqlite:///{cinderbak.path.parent}/journal.sqlite"
+    )
+    [run] = journal.runs(policy="expire:keep3")
+    shown = subprocess.run(
+        [CINDERBAK, "--config-file", cinderbak.path, "runs", "show", run.id],
+        env=cinderbak.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "expiry run of policy keep3" in shown
+    assert "expiry:     6 deleted, 0 failed, 0 skipped, 9 kept" in shown
+    assert f"{ours[0]} of volume {volume.id}" in shown
     # A second pass finds nothing to do.
     assert cinderbak.run("expire", "--policy", "keep3") == []
     assert cinderbak.last_returncode == 0

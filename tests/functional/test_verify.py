@@ -106,11 +106,18 @@ def backed_up(stack, alice, make_volume, cinderbak_config, tmp_path):
 
 
 def test_verify_passes_then_catches_a_corrupted_backup_and_keeps_it(
-    stack, alice, admin, backed_up
+    stack, alice, admin, backed_up, consumer
 ):
+    topic, received = consumer
     made = backed_up(
         "volume",
         [(0, _pattern("v0", 16 * MIB)), (600 * MIB, _pattern("v1", 4 * MIB))],
+        f"""
+        [oslo_messaging_notifications]
+        driver = messagingv2
+        topics = {topic}
+        transport_url = {stack.raw["rabbitmq_url"]}
+        """,
     )
     cinderbak, backup_id = made.cinderbak, made.backup_id
     marks = alice.block_storage.get_backup(backup_id).metadata
@@ -136,6 +143,24 @@ def test_verify_passes_then_catches_a_corrupted_backup_and_keeps_it(
     assert kept.metadata["cinderbak:verified"].startswith("failed ")
     assert "MISMATCH" in kept.metadata["cinderbak:verified"]
     assert _scratch_volumes(admin, backup_id) == []
+
+    # Each verdict was notified, with the backup's project.
+    def both():
+        verdicts = received.of("cinderbak.verify.end") + received.of(
+            "cinderbak.verify.error"
+        )
+        return verdicts if len(verdicts) >= 2 else None
+
+    wait_until(both, 30, "the verification notifications")
+    [good] = received.of("cinderbak.verify.end")
+    [bad] = received.of("cinderbak.verify.error")
+    for payload in (good, bad):
+        assert payload["backup_id"] == backup_id
+        assert payload["volume_id"] == made.volume_id
+        assert payload["project_id"] == stack.projects["tenant-a"]
+        assert payload["cinderbak_version"] == "1.0"
+    assert (good["result"], bad["result"]) == ("ok", "failed")
+    assert bad["content"] == "MISMATCH"
 
 
 def test_policy_pass_checks_the_filesystem_of_a_snapshot_mode_backup(

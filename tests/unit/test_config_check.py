@@ -61,9 +61,8 @@ def test_a_good_configuration_has_no_problem():
             "[workflow] (section): unknown section (c.conf:9); expected "
             "[policy:NAME] or one of [backup_cluster], [cloud], "
             "[consistency], [coordination], [daemon], [expiry], [files], "
-            "[journal], [libvirt], [limits], [metrics], [service_auth], "
-            "[verify], "
-            "[volume_cluster]",
+            "[journal], [libvirt], [limits], [metrics], [report], "
+            "[service_auth], [verify], [volume_cluster]",
         ),
         (
             "[policy:weekly]\nschedule = every 99999999999d\n",
