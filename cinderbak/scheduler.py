@@ -335,7 +335,11 @@ class Daemon:
         self._beat = time.monotonic()
         self._recovery: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
-        self._pool = executor_size(len(parts.policies))
+        # One more thread when coordinated: the membership check must
+        # not wait behind long runs.
+        self._pool = executor_size(len(parts.policies)) + (
+            1 if parts.members.coordinated else 0
+        )
         self.scheduler = BackgroundScheduler(
             jobstores={"default": MemoryJobStore()},
             executors={

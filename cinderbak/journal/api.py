@@ -812,17 +812,17 @@ class Journal:
             return {str(t) for (t,) in s.execute(query)}
 
     def hosts_with_open_work(self) -> set[str]:
-        """Hosts with runs in flight or guests possibly left frozen: what
-        a survivor must take over if the host's daemon is gone."""
+        """Hosts with runs in flight: what a survivor must take over if
+        the host's daemon is gone. A guest is frozen only inside a run in
+        flight (a run ends after its freeze window closes), so this also
+        finds every host that may have left a guest frozen. Asked every
+        few seconds by every daemon: one indexed query on the run state.
+        """
         run = models.Run
-        frozen = (
+        query = (
             sa.select(run.host)
-            .join(models.Step, models.Step.run_id == run.id)
-            .where(_unthawed_freeze())
-        )
-        query = sa.union(
-            sa.select(run.host).where(run.state.in_(IN_FLIGHT_RUN_STATES)),
-            frozen,
+            .where(run.state.in_(IN_FLIGHT_RUN_STATES))
+            .distinct()
         )
         with self._read() as s:
             return {str(h) for (h,) in s.execute(query)}

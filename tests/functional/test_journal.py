@@ -945,3 +945,32 @@ def test_last_final_runs_and_has_runs_tell_recorded_from_lost(journal, clock):
     assert found["bk-1"].summary == {"result": "failed"}
     assert journal.has_runs("verify:daily")
     assert not journal.has_runs("verify:weekly")
+
+
+def test_a_survivor_finds_what_a_dead_daemon_left(url, clock):
+    """Takeover: another daemon's runs in flight, its frozen guests and
+    the volumes begun in a slot, read through the shared journal."""
+    dead = _open(url, clock, host="host-a")
+    survivor = _open(url, clock, host="host-b")
+    run = dead.begin_run("p", "vol-1", T0, project_id="proj")
+    dead.start_run(run.id)
+    dead.begin_step(run.id, StepKind.FREEZE, target="server-1")
+    idle = survivor.begin_run("p", "vol-2", T0, project_id="proj")
+    survivor.start_run(idle.id)
+    survivor.finish_run(idle.id, RunState.SUCCEEDED)
+
+    assert survivor.hosts_with_open_work() == {"host-a"}
+    assert survivor.unfinished_runs() == []
+    assert [r.id for r in survivor.unfinished_runs(host="host-a")] == [run.id]
+    assert [s.target for s in survivor.frozen_servers(host="host-a")] == [
+        "server-1"
+    ]
+    assert survivor.frozen_servers() == []
+    assert survivor.targets_of_slot("p", T0) == {"vol-1", "vol-2"}
+    assert survivor.targets_of_slot("p", T0 + HOUR) == set()
+
+    thaw = survivor.begin_step(run.id, StepKind.THAW, target="server-1")
+    survivor.complete_step(thaw)
+    survivor.finish_run(run.id, RunState.FAILED, {"error": "taken over"})
+    assert survivor.hosts_with_open_work() == set()
+    assert survivor.frozen_servers(host="host-a") == []
