@@ -245,7 +245,9 @@ class Group:
             return []
         members = self._look()
         now = self._clock()
-        commands = self._read_members(self.cli_group) or frozenset()
+        commands: frozenset[str] = frozenset()
+        if members is not None:
+            commands = self._read_members(self.cli_group) or frozenset()
         self._view = membership.observe(
             self._view,
             now,
