@@ -245,9 +245,13 @@ class Group:
             return []
         members = self._look()
         now = self._clock()
-        commands: frozenset[str] = frozenset()
+        commands: frozenset[str] | None = frozenset()
         if members is not None:
-            commands = self._read_members(self.cli_group) or frozenset()
+            commands = self._read_members(self.cli_group)
+        if commands is None:
+            # Without the commands' group, a command's runs could be
+            # taken for a dead daemon's: no judgement this time.
+            members, commands = None, frozenset()
         self._view = membership.observe(
             self._view,
             now,
