@@ -53,7 +53,7 @@ from openstack import exceptions as sdk_exceptions
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import backups, chains, discovery, retention, tenant
+from cinderbak import backups, chains, discovery, dr_sync, retention, tenant
 from cinderbak.chains import BackupInfo
 from cinderbak.cloud import NoRoleInProject
 from cinderbak.journal import Journal, states, steps
@@ -106,6 +106,7 @@ PAGE_SIZE = 500
 DRY_RUN = "dry run: would delete"
 DELETED = "deleted"
 ALREADY_GONE = "already gone"
+GONE = (DELETED, ALREADY_GONE)
 SKIPPED = "skipped"  # prefix: a re-read check said no
 FAILED = "failed"  # prefix: Cinder refused, the deletion failed or hung
 
@@ -797,6 +798,7 @@ def expire_policy(
         return rows
     deleter = _Deleter(parts, policy, now, stop or threading.Event())
     results = deleter.execute(work)
+    dr_sync.forget(parts, [i for i, r in results.items() if r in GONE])
     for p in work:
         rows.extend(
             p.row(d, results.get(d.backup_id, f"{SKIPPED}: not reached"))

@@ -39,7 +39,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import discovery, expiry, recovery, systemd, verify
+from cinderbak import discovery, dr_sync, expiry, recovery, systemd, verify
 from cinderbak.journal import (
     InvalidTransition,
     RunRecord,
@@ -598,7 +598,7 @@ class Daemon:
             )
             journal.complete_step(step, details={"volumes": len(found)})
             run = PolicyRun.for_parts(self.parts, known, slot, stop=self.stop)
-            outcomes = run.execute(found)
+            outcomes = dr_sync.recorded(self.parts, run.execute(found))
         except Exception as exc:
             journal.finish_run(
                 run_id,

@@ -11,7 +11,14 @@ from collections.abc import Iterable
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import consistency, discovery, journal, policy
+from cinderbak import (
+    consistency,
+    discovery,
+    dr_store,
+    dr_sync,
+    journal,
+    policy,
+)
 from cinderbak.checksums import SourceChecksummer
 from cinderbak.cloud import Cloud
 from cinderbak.consistency import SourceSnapshotObserver
@@ -41,6 +48,8 @@ class Parts:
     checksummer: SourceChecksummer | None = None
     # One freeze at a time per server, whichever policy asks.
     server_locks: ServerLocks = dataclasses.field(default_factory=ServerLocks)
+    # The DR catalog on the backup cluster ([dr] catalog_conf), if any.
+    dr_catalog: dr_store.CatalogStore | None = None
 
     def close(self) -> None:
         self.quiescer.close()
@@ -48,6 +57,8 @@ class Parts:
             self.volume_cluster.close()
         self.cloud.close()
         self.journal.close()
+        if self.dr_catalog is not None:
+            self.dr_catalog.close()
 
 
 def build(conf: cfg.ConfigOpts) -> Parts:
@@ -80,6 +91,7 @@ def build(conf: cfg.ConfigOpts) -> Parts:
         cluster,
         SourceSnapshotObserver.from_conf(conf, cluster) if cluster else None,
         SourceChecksummer(cluster) if cluster else None,
+        dr_catalog=dr_store.CatalogStore.from_conf(conf),
     )
 
 
@@ -109,7 +121,7 @@ def run_once(
         run = PolicyRun.for_parts(
             parts, parts.policies[name], scheduled_at, stop=stop
         )
-        outcomes.extend(run.execute(found))
+        outcomes.extend(dr_sync.recorded(parts, run.execute(found)))
     if audit:
         problems = discovery.audit(parts.cloud, parts.policies)
         outcomes.extend(
