@@ -30,7 +30,8 @@ from oslo_log import log as logging
 from cinderbak import dr_catalog, dr_import, verification, waiting
 from cinderbak.checksums import SourceChecksummer
 from cinderbak.dr_catalog import Entry, Outcome
-from cinderbak.journal import states
+from cinderbak.dr_store import CatalogStore
+from cinderbak.journal import Journal, states
 from cinderbak.volume_cluster import VolumeCluster
 from cinderbak.workflow import POLICY_TARGET
 
@@ -131,6 +132,16 @@ class DrillRow:
         return tuple(getattr(self, c) for c in self.COLUMNS)
 
 
+def scheduled(parts: Any, stop: threading.Event) -> None:
+    """The daemon's drill job ([dr] drill_interval): never raises."""
+    try:
+        Drill(parts.conf, parts.journal, parts.dr_catalog, stop).run(
+            datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        )
+    except Exception:  # noqa: BLE001 - the next interval tries again
+        LOG.exception("DR drill failed; tried again at the next interval")
+
+
 def verdict(rows: list[DrillRow]) -> str:
     """ok: every sampled backup restored and matched its checksum;
     warning: restored, but some had no checksum to compare; failed
@@ -145,12 +156,22 @@ def verdict(rows: list[DrillRow]) -> str:
 
 
 class Drill:
-    def __init__(self, parts: Any, stop: threading.Event | None = None):
-        self.parts = parts
-        self.conf = parts.conf
+    """One drill. Needs the catalog, the journal and the DR region, not
+    region A: a drill is as useful during region A's outage as before."""
+
+    def __init__(
+        self,
+        conf: cfg.ConfigOpts,
+        journal: Journal,
+        store: CatalogStore | None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.conf = conf
+        self.journal = journal
         self.stop = stop or threading.Event()
-        if parts.dr_catalog is None:
+        if store is None:
             raise DrillError("no DR catalog: set [dr] catalog_conf")
+        self.store = store
         if not self.conf.dr.drill_cloud:
             raise DrillError("no DR region: set [dr] drill_cloud")
 
@@ -169,13 +190,13 @@ class Drill:
         self, now: datetime.datetime
     ) -> tuple[str, dict[str, Any], list[DrillRow]]:
         """Drill once; return (verdict, summary, rows)."""
-        journal = self.parts.journal
+        journal = self.journal
         for record in journal.unfinished_runs():
             if record.policy.startswith(RUN_PREFIX):
                 journal.finish_run(
                     record.id, states.FAILED, {"error": "interrupted"}
                 )
-        entries, problems = self.parts.dr_catalog.entries()
+        entries, problems = self.store.entries()
         for problem in problems:
             LOG.warning("DR catalog: %s", problem)
         sample = dr_catalog.drill_sample(

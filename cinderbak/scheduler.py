@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import functools
 import os
 import threading
 import time
@@ -39,7 +40,15 @@ from apscheduler.triggers.interval import IntervalTrigger
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import discovery, dr_sync, expiry, recovery, systemd, verify
+from cinderbak import (
+    discovery,
+    dr_drill,
+    dr_sync,
+    expiry,
+    recovery,
+    systemd,
+    verify,
+)
 from cinderbak.journal import (
     InvalidTransition,
     RunRecord,
@@ -122,6 +131,7 @@ OPTS = [
 AUDIT_JOB = "cinderbak:audit"
 PRUNE_JOB = "cinderbak:prune"
 SWEEP_JOB = "cinderbak:sweep"
+DR_DRILL_JOB = "cinderbak:dr-drill"
 EXPIRY_JOB = "cinderbak:expiry"
 HEARTBEAT_JOB = "cinderbak:heartbeat"
 CATCH_UP_SUFFIX = "@catch-up"
@@ -464,6 +474,13 @@ class Daemon:
                 "sweep of leftovers",
                 self._sweep,
                 daemon.sweep_interval,
+                None,
+            ),
+            (
+                DR_DRILL_JOB,
+                "DR drill",
+                functools.partial(dr_drill.scheduled, self.parts, self.stop),
+                self.conf.dr.drill_interval,
                 None,
             ),
             # Soon after start too, so frequent restarts still prune.

@@ -13,7 +13,7 @@ import json
 import os
 import pathlib
 
-from cinderbak import dr_catalog, dr_drill, dr_import
+from cinderbak import dr_catalog, dr_drill, dr_import, journal
 from cinderbak.cmd.base import EscapedLister, Table
 from cinderbak.dr_catalog import CatalogError, Entry, ImportRow, Outcome
 from cinderbak.dr_store import CatalogStore
@@ -189,13 +189,25 @@ class DrDrill(_CatalogCommand):
     and the recovery time per GiB in the journal. Exits 1 on failure."""
 
     def take_action(self, parsed_args: argparse.Namespace) -> Table:
-        parts = self.parts()
+        conf = self.app_conf()
+        store = None
+        store_journal = None
         try:
-            result, summary, rows = dr_drill.Drill(parts).run(
-                datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-            )
+            if conf.journal.connection.startswith("sqlite:///"):
+                os.makedirs(conf.state_path, mode=0o750, exist_ok=True)
+            store_journal = journal.Journal(conf)
+            store_journal.upgrade()
+            store = CatalogStore.from_conf(conf)
+            result, summary, rows = dr_drill.Drill(
+                conf, store_journal, store
+            ).run(datetime.datetime.now(datetime.UTC).replace(microsecond=0))
         except dr_drill.DrillError as exc:
             return self.fail(str(exc))
+        finally:
+            if store is not None:
+                store.close()
+            if store_journal is not None:
+                store_journal.close()
         self.app.stderr.write(
             f"drill {result}: {summary['backups']} backups, "
             f"{summary['gib']} GiB in {summary['seconds']} s, "
