@@ -60,7 +60,7 @@ def test_a_good_configuration_has_no_problem():
             "[workflow]\n",
             "[workflow] (section): unknown section (c.conf:9); expected "
             "[policy:NAME] or one of [backup_cluster], [cloud], "
-            "[consistency], [daemon], [expiry], [files], [journal], "
+            "[consistency], [daemon], [dr], [expiry], [files], [journal], "
             "[libvirt], [limits], [metrics], [service_auth], [verify], "
             "[volume_cluster]",
         ),
