@@ -61,7 +61,7 @@ class _Clock:
 
     def __call__(self, what: str) -> None:
         now = time.monotonic()
-        print(f"  {what}: {now - self.last:.1f} s")
+        print(f"  {what}: {now - self.last:.1f} s", flush=True)
         self.last = now
 
 

@@ -1,6 +1,7 @@
 """Make the DR region known and wait until its Cinder is up.
 
-Idempotent: region RegionDR, block-storage endpoints there, the admin
+Idempotent: region RegionDR, block-storage endpoints there, no backup
+quota for the tenant projects there (an import counts like a create), the admin
 user's admin role in each tenant project (Cinder's import_record gives the
 imported backup the project of the caller's token, so keeping a backup's
 project means importing scoped to it, as an admin: see
@@ -36,7 +37,8 @@ def dr_config(user: str, project: str, password: str) -> dict:
     return config
 
 
-def keystone(pw: dict[str, str]) -> None:
+def keystone(pw: dict[str, str]) -> list[str]:
+    """Region, endpoints, role grants; return the tenant project ids."""
     idc = connect(cloud_config("admin", "admin", pw["admin"])).identity
     if idc.find_region(REGION) is None:
         idc.create_region(id=REGION, description="localstack DR region")
@@ -56,11 +58,14 @@ def keystone(pw: dict[str, str]) -> None:
                 )
     admin = idc.find_user("admin", ignore_missing=False, domain_id="default")
     role = idc.find_role("admin", ignore_missing=False)
+    ids = []
     for name in TENANTS:
         project = idc.find_project(
             name, ignore_missing=False, domain_id="default"
         )
         idc.assign_project_role_to_user(project, admin, role)
+        ids.append(project.id)
+    return ids
 
 
 def clouds(pw: dict[str, str]) -> None:
@@ -79,9 +84,23 @@ def services_up(conn: openstack.connection.Connection) -> bool:
     return all(states.get(b) == "up" for b in SERVICES)
 
 
+def unlimited_backups(
+    conn: openstack.connection.Connection, projects: list[str]
+) -> None:
+    """A DR region takes every backup of a project at once: an import
+    reserves backup quota like a create, so the defaults (10 backups)
+    would refuse most of a real catalog."""
+    for project_id in projects:
+        conn.block_storage.put(
+            f"/os-quota-sets/{project_id}",
+            json={"quota_set": {"backups": -1, "backup_gigabytes": -1}},
+            raise_exc=True,
+        )
+
+
 def main() -> None:
     pw = lsconf.passwords()
-    keystone(pw)
+    projects = keystone(pw)
     clouds(pw)
     conn = connect(dr_config("admin", "admin", pw["admin"]))
     deadline = time.monotonic() + 240
@@ -89,12 +108,14 @@ def main() -> None:
     while time.monotonic() < deadline:
         try:
             if services_up(conn):
-                print("DR region up", flush=True)
-                return
+                break
         except Exception as exc:  # noqa: BLE001 - retried until the deadline
             last = exc
         time.sleep(1)
-    sys.exit(f"timed out waiting for the DR region's services ({last!r})")
+    else:
+        sys.exit(f"timed out waiting for the DR region's services ({last!r})")
+    unlimited_backups(conn, projects)
+    print("DR region up", flush=True)
 
 
 if __name__ == "__main__":
