@@ -67,7 +67,7 @@ class DrCloud:
                     conn = self.base.connect_as(project_id=project_id)
                 conn.authorize()
                 self._scoped[project_id] = conn
-            except sdk_exceptions.SDKException as exc:
+            except Exception as exc:  # noqa: BLE001 - reported per backup
                 self._scoped[project_id] = (
                     f"cloud {self.cloud_name} cannot act in project "
                     f"{project_id} ({_short(exc)}); importing keeps a "
