@@ -170,7 +170,8 @@ def confirmed_gone(
 
 
 def reconcile(parts: Any) -> dict[str, int]:
-    """Bring the catalog in step with Cinder; return counts of changes."""
+    """Bring the catalog in step with Cinder; return the counts of what
+    changed, for the sweep's log line (nothing when nothing did)."""
     store: CatalogStore | None = getattr(parts, "dr_catalog", None)
     if store is None:
         return {}
@@ -180,7 +181,7 @@ def reconcile(parts: Any) -> dict[str, int]:
         catalog, problems = store.entries()
     except Exception as exc:  # noqa: BLE001 - the next sweep tries again
         LOG.warning("DR catalog: reconcile skipped (%s)", exc)
-        return {"failed": 1}
+        return {"DR catalog entries failed": 1}
     for problem in problems:
         LOG.warning("DR catalog: %s (left as it is)", problem)
     missing = [i for i in catalog if i not in ours]
@@ -222,10 +223,4 @@ def reconcile(parts: Any) -> dict[str, int]:
         except Exception as exc:  # noqa: BLE001 - next sweep
             counts["failed"] += 1
             LOG.warning("DR catalog: entry %s: %s", backup_id, exc)
-    if counts["written"] or counts["removed"] or counts["failed"]:
-        LOG.info(
-            "DR catalog: %(written)d entries written, %(removed)d removed, "
-            "%(failed)d failed",
-            counts,
-        )
-    return counts
+    return {f"DR catalog entries {k}": n for k, n in counts.items() if n}
