@@ -269,6 +269,21 @@ def select(
     return sorted((by_id[i] for i in wanted), key=_order)
 
 
+def with_parents(
+    catalog: Mapping[str, Entry], chosen: Iterable[Entry]
+) -> list[Entry]:
+    """The chosen entries and the chains of parents a restore of them
+    needs (as far as the catalog has them), oldest first."""
+    found: dict[str, Entry] = {}
+    for entry in chosen:
+        current: Entry | None = entry
+        while current is not None and current.backup_id not in found:
+            found[current.backup_id] = current
+            parent = current.parent_id
+            current = catalog.get(parent) if parent else None
+    return sorted(found.values(), key=_order)
+
+
 def import_order(entries: Iterable[Entry]) -> list[Entry]:
     """Parents before children (Cinder links an incremental to its
     parent by id), otherwise oldest first."""

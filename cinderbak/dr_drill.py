@@ -204,13 +204,7 @@ class Drill:
         )
         if not sample:
             raise DrillError("the DR catalog is empty: nothing to drill")
-        needed: dict[str, Entry] = {}
-        for entry in sample:
-            for chosen in dr_catalog.select(
-                entries.values(), volume=entry.volume_id
-            ):
-                if chosen.created_at <= entry.created_at:
-                    needed[chosen.backup_id] = chosen
+        needed = dr_catalog.with_parents(entries, sample)
         handle = journal.begin_run(
             RUN_PREFIX + self.conf.dr.drill_cloud,
             POLICY_TARGET,
@@ -231,7 +225,7 @@ class Drill:
             imported = {
                 r.backup_id: r
                 for r in dr_import.import_entries(
-                    dr, needed.values(), timeout=self.conf.dr.drill_timeout
+                    dr, needed, timeout=self.conf.dr.drill_timeout
                 )
             }
             for entry in sample:

@@ -205,3 +205,11 @@ def test_the_drill_verdict():
     assert verdict([row("match"), row("MISMATCH")]) == "failed"
     assert verdict([row("not-read", "restore failed")]) == "failed"
     assert verdict([]) == "failed"
+
+
+def test_a_drill_imports_the_parents_only():
+    older = _entry("b01")
+    full = _entry("b02")
+    inc = _entry("b03", parent_id="b02")
+    catalog = {e.backup_id: e for e in (older, full, inc)}
+    assert dr_catalog.with_parents(catalog, [inc]) == [full, inc]
