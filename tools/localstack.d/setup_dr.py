@@ -44,10 +44,11 @@ def keystone(pw: dict[str, str]) -> list[str]:
         idc.create_region(id=REGION, description="localstack DR region")
     for stype in ("block-storage", "volumev3"):
         service = next(iter(idc.services(type=stype)))
-        have = {
-            e.interface
-            for e in idc.endpoints(service_id=service.id, region_id=REGION)
-        }
+        have = set()
+        for e in idc.endpoints(service_id=service.id, region_id=REGION):
+            have.add(e.interface)
+            if e.url != URL:  # the port map moved
+                idc.update_endpoint(e, url=URL)
         for interface in ("public", "internal", "admin"):
             if interface not in have:
                 idc.create_endpoint(
