@@ -12,6 +12,7 @@ neither read nor damage a backup.
 from __future__ import annotations
 
 import errno
+import threading
 from typing import Any
 
 from oslo_config import cfg
@@ -69,16 +70,33 @@ class CatalogStore:
         pool: str,
         keyring: str | None = None,
     ) -> None:
+        self._conffile = conffile
+        self._user = user
+        self._keyring = keyring
+        self._cluster: Any = None
+        self._lock = threading.Lock()
+        self.pool = pool
+
+    def _connected(self) -> Any:
+        """Connect on first use: a backup cluster that does not answer
+        costs a catalog write (retried by the next sweep), never the
+        start of a run or of the daemon."""
         import rados  # Debian's python3-rados; only needed when configured
 
-        settings = {"client_mount_timeout": "10", "rados_osd_op_timeout": "30"}
-        if keyring:
-            settings["keyring"] = keyring
-        self._cluster = rados.Rados(
-            conffile=conffile, rados_id=user, conf=settings
-        )
-        self._cluster.connect(timeout=15)
-        self.pool = pool
+        with self._lock:
+            if self._cluster is None:
+                settings = {
+                    "client_mount_timeout": "10",
+                    "rados_osd_op_timeout": "30",
+                }
+                if self._keyring:
+                    settings["keyring"] = self._keyring
+                cluster = rados.Rados(
+                    conffile=self._conffile, rados_id=self._user, conf=settings
+                )
+                cluster.connect(timeout=15)
+                self._cluster = cluster
+            return self._cluster
 
     @classmethod
     def from_conf(cls, conf: cfg.ConfigOpts) -> CatalogStore | None:
@@ -93,7 +111,7 @@ class CatalogStore:
         )
 
     def _ioctx(self) -> Any:
-        return self._cluster.open_ioctx(self.pool)
+        return self._connected().open_ioctx(self.pool)
 
     def put(self, entry: Entry) -> None:
         """Write (or replace) one entry: a single write_full, atomic for
@@ -164,4 +182,7 @@ class CatalogStore:
         return found, problems
 
     def close(self) -> None:
-        self._cluster.shutdown()
+        with self._lock:
+            if self._cluster is not None:
+                self._cluster.shutdown()
+                self._cluster = None

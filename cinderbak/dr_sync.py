@@ -184,6 +184,9 @@ def reconcile(parts: Any) -> dict[str, int]:
         return {"DR catalog entries failed": 1}
     for problem in problems:
         LOG.warning("DR catalog: %s (left as it is)", problem)
+    # Another deployment's entries are its own to keep.
+    deployment = parts.conf.deployment_id
+    catalog = {i: e for i, e in catalog.items() if e.deployment == deployment}
     missing = [i for i in catalog if i not in ours]
     gone: set[str] = set()
     if missing:
