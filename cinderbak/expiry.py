@@ -53,7 +53,15 @@ from openstack import exceptions as sdk_exceptions
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import announce, backups, chains, discovery, retention, tenant
+from cinderbak import (
+    announce,
+    backups,
+    chains,
+    discovery,
+    dr_sync,
+    retention,
+    tenant,
+)
 from cinderbak.chains import BackupInfo
 from cinderbak.cloud import NoRoleInProject
 from cinderbak.journal import Journal, states, steps
@@ -106,6 +114,7 @@ PAGE_SIZE = 500
 DRY_RUN = "dry run: would delete"
 DELETED = "deleted"
 ALREADY_GONE = "already gone"
+GONE = (DELETED, ALREADY_GONE)
 SKIPPED = "skipped"  # prefix: a re-read check said no
 FAILED = "failed"  # prefix: Cinder refused, the deletion failed or hung
 
@@ -811,6 +820,7 @@ def expire_policy(
     deleter = _Deleter(parts, policy, now, stop or threading.Event())
     kept = sum(len(p.plan.keep_ids) for p in plans)
     results = deleter.execute(work, kept=kept)
+    dr_sync.forget(parts, [i for i, r in results.items() if r in GONE])
     if deleter.run_id:
         announce.run_ended(parts, RUN_PREFIX + policy.name, now)
     for p in work:

@@ -24,6 +24,7 @@ from oslo_log import log as logging
 from cinderbak import (
     chains,
     discovery,
+    dr_sync,
     expiry,
     policy,
     settle,
@@ -131,6 +132,7 @@ def sweep(parts: Parts, host: str | None = None) -> dict[str, int]:
         if status is None:
             journal.complete_step(step.id)
             counts["snapshot deletions confirmed"] += 1
+    counts.update(dr_sync.reconcile(parts))  # the DR catalog, if configured
     counts.pop("waiting", None)
     if counts:
         LOG.info(

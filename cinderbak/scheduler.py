@@ -42,6 +42,8 @@ from oslo_log import log as logging
 from cinderbak import (
     announce,
     discovery,
+    dr_drill,
+    dr_sync,
     expiry,
     membership,
     metrics,
@@ -136,6 +138,7 @@ OPTS = [
 AUDIT_JOB = "cinderbak:audit"
 PRUNE_JOB = "cinderbak:prune"
 SWEEP_JOB = "cinderbak:sweep"
+DR_DRILL_JOB = "cinderbak:dr-drill"
 EXPIRY_JOB = "cinderbak:expiry"
 HEARTBEAT_JOB = "cinderbak:heartbeat"
 MEMBERSHIP_JOB = "cinderbak:membership"
@@ -494,6 +497,13 @@ class Daemon:
                 daemon.sweep_interval,
                 None,
             ),
+            (
+                DR_DRILL_JOB,
+                "DR drill",
+                self._drill,
+                self.conf.dr.drill_interval,
+                None,
+            ),
             # Soon after start too, so frequent restarts still prune.
             (
                 PRUNE_JOB,
@@ -682,7 +692,7 @@ class Daemon:
                     len(found),
                 )
             run = PolicyRun.for_parts(self.parts, known, slot, stop=self.stop)
-            outcomes = run.execute(mine)
+            outcomes = dr_sync.recorded(self.parts, run.execute(mine))
         except Exception as exc:
             journal.finish_run(
                 run_id,
@@ -854,6 +864,12 @@ class Daemon:
             )
         finally:
             self._release(key)
+
+    def _drill(self) -> None:
+        """The scheduled DR drill: once per region, by the leader."""
+        if not self.members.is_leader():
+            return
+        dr_drill.scheduled(self.parts, self.stop)
 
     def _sweep(self) -> None:
         if self.stop.is_set() or self._claim("sweep", "sweep"):

@@ -16,6 +16,8 @@ from cinderbak import (
     consistency,
     coordination,
     discovery,
+    dr_store,
+    dr_sync,
     journal,
     policy,
 )
@@ -51,6 +53,8 @@ class Parts:
     # This process's place among the daemons of the region (alone unless
     # [coordination] backend_url is set).
     membership: coordination.Membership | None = None
+    # The DR catalog on the backup cluster ([dr] catalog_conf), if any.
+    dr_catalog: dr_store.CatalogStore | None = None
 
     @property
     def members(self) -> coordination.Membership:
@@ -66,6 +70,8 @@ class Parts:
             self.volume_cluster.close()
         self.cloud.close()
         self.journal.close()
+        if self.dr_catalog is not None:
+            self.dr_catalog.close()
 
 
 def build(conf: cfg.ConfigOpts, *, daemon: bool = False) -> Parts:
@@ -104,6 +110,7 @@ def build(conf: cfg.ConfigOpts, *, daemon: bool = False) -> Parts:
         SourceSnapshotObserver.from_conf(conf, cluster) if cluster else None,
         SourceChecksummer(cluster) if cluster else None,
         membership=members,
+        dr_catalog=dr_store.CatalogStore.from_conf(conf),
     )
 
 
@@ -133,7 +140,7 @@ def run_once(
         run = PolicyRun.for_parts(
             parts, parts.policies[name], scheduled_at, stop=stop
         )
-        outcomes.extend(run.execute(found))
+        outcomes.extend(dr_sync.recorded(parts, run.execute(found)))
         announce.run_ended(parts, name, scheduled_at)
     if audit:
         problems = discovery.audit(parts.cloud, parts.policies)

@@ -166,6 +166,8 @@ def _cluster_of(stack: Stack, pool: str) -> str:
     for name in ("a", "b"):
         if stack.ceph(name).pool == pool:
             return name
+    if pool in ("dr-volumes", "cinderbak-dr"):  # the DR region's, on B
+        return "b"
     raise ValueError(f"no cluster holds pool {pool}")
 
 

@@ -60,8 +60,8 @@ def test_a_good_configuration_has_no_problem():
             "[workflow]\n",
             "[workflow] (section): unknown section (c.conf:9); expected "
             "[policy:NAME] or one of [backup_cluster], [cloud], "
-            "[consistency], [coordination], [daemon], [expiry], [files], "
-            "[journal], [libvirt], [limits], [metrics], [report], "
+            "[consistency], [coordination], [daemon], [dr], [expiry], "
+            "[files], [journal], [libvirt], [limits], [metrics], [report], "
             "[service_auth], [verify], [volume_cluster]",
         ),
         (

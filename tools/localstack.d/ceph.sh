@@ -5,7 +5,10 @@
 #     users client.cinder (rbd) and client.cinderbak-ro (rbd read-only).
 #   B (backup cluster): mon a + osd.0, no mgr, pool backups,
 #     users client.cinder-backup (rbd) and client.cinderbak-backup-ro (rbd
-#     read-only: `cinderbak files` reads backups where they lie).
+#     read-only: `cinderbak files` reads backups where they lie); pool
+#     cinderbak-dr with client.cinderbak-dr (rw there only: the DR catalog).
+#     `up --dr` adds pool dr-volumes (the DR region's volumes) with
+#     client.cinder-dr (rbd) and client.cinderbak-dr-ro (rbd read-only).
 # The daemons fork into the background themselves; their pid files live in
 # <dir>/run/<name>.pid.
 #
@@ -236,7 +239,22 @@ ceph_readonly_users() {
         ceph_user "$d" client.cinderbak-backup-ro mon 'profile rbd' osd "profile rbd-read-only pool=$POOL"
         chmod 600 "$d/ceph.client.cinderbak-backup-ro.keyring"
     fi
+    [[ $1 == b ]] && ceph_dr_catalog "$d"
     return 0
+}
+
+# ceph_dr_catalog DIR: cinderbak's DR catalog on the backup cluster, a pool
+# of its own (one RADOS object per backup) and client.cinderbak-dr, a key
+# that can write only there.
+ceph_dr_catalog() {
+    local d=$1
+    [[ -s $d/ceph.client.cinderbak-dr.keyring ]] && return 0
+    {
+        ceph_cli "$d" osd pool create cinderbak-dr 8 &&
+            ceph_cli "$d" osd pool application enable cinderbak-dr cinderbak
+    } >>"$LOGS/ceph-b-setup.log" 2>&1 || fail_with_logs "ceph b: pool cinderbak-dr failed" "$LOGS/ceph-b-setup.log"
+    ceph_user "$d" client.cinderbak-dr mon 'allow r' osd 'allow rw pool=cinderbak-dr'
+    chmod 600 "$d/ceph.client.cinderbak-dr.keyring"
 }
 
 ceph_user() {  # ceph_user DIR NAME CAPS...: create a cephx user, keyring in DIR

@@ -60,7 +60,12 @@ def main(argv: list[str]) -> None:
         "b",
         "backup",
         "backups",
-        {"cinder-backup": "cinder-backup", "readonly": "cinderbak-backup-ro"},
+        {
+            "cinder-backup": "cinder-backup",
+            "readonly": "cinderbak-backup-ro",
+            "dr-catalog": "cinderbak-dr",
+            "dr-readonly": "cinderbak-dr-ro",
+        },
     )
     b["readonly"] = b["users"]["readonly"]
     ports = json.loads(os.environ["LS_PORTS_JSON"])
@@ -87,6 +92,24 @@ def main(argv: list[str]) -> None:
         "keystone": {
             "conf": os.path.join(lsconf.STATE, "keystone", "keystone.conf"),
             "venv": os.environ["LS_KEYSTONE_VENV"],
+        },
+        "dr": {
+            "enabled": os.path.exists(
+                os.path.join(lsconf.STATE, "cinder-dr", ".enabled")
+            ),
+            "region": "RegionDR",
+            "cinder_url": os.environ["LS_CINDER_DR_URL"],
+            "conf": os.path.join(lsconf.STATE, "cinder-dr", "cinder.conf"),
+            "host": "localstack-dr",
+            "volume_pool": "dr-volumes",
+            "catalog_pool": "cinderbak-dr",
+            "database": "cinder_dr",
+            "clouds": {
+                "admin": "localstack-dr-admin",
+                "cinderbak": "localstack-dr-cinderbak",
+                "tenant-a": "localstack-dr-tenant-a",
+                "tenant-b": "localstack-dr-tenant-b",
+            },
         },
         "rabbitmq_url": f"rabbit://guest:guest@127.0.0.1:{ports['rabbitmq']}/",
         "postgres_url": f"postgresql://postgres@127.0.0.1:{ports['postgres']}/cinder",
