@@ -283,7 +283,9 @@ def main() -> None:
     parser.add_argument("--expiry-retention", default="last=7")
     parser.add_argument("--port", type=int, default=19890)
     parser.add_argument("--pythonpath", help="run cinderbak from here")
-    parser.add_argument("--only", choices=("plan", "expiry"), help="one part")
+    parser.add_argument(
+        "--only", choices=("plan", "run", "expiry"), help="one part"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
@@ -291,7 +293,7 @@ def main() -> None:
         runs = {int(n) for n in args.run_sizes.split(",") if n}
         for size in (int(n) for n in args.sizes.split(",") if n):
             bench_size(args, size, run=size in runs and args.only != "plan")
-    if args.only != "plan":
+    if args.only in (None, "expiry"):
         bench_expiry(args)
 
 

@@ -50,7 +50,7 @@ def pages(
         query = {**(params or {}), "limit": limit}
         if marker is not None:
             query["marker"] = marker
-        body = cloud.call(_get, conn, path, query)
+        body = cloud.call(_get, cloud, conn, path, query)
         items = body.get(key) or []
         yield from items
         if len(items) < limit or not body.get(f"{key}_links"):
@@ -59,12 +59,13 @@ def pages(
 
 
 def _get(
+    cloud: Cloud,
     conn: openstack.connection.Connection,
     path: str,
     query: Mapping[str, Any],
 ) -> dict[str, Any]:
-    response = conn.block_storage.get(
-        path, params=dict(query), microversion=MICROVERSION
+    response = cloud.reader(conn).get(
+        path, params=dict(query), microversion=MICROVERSION, raise_exc=False
     )
     sdk_exceptions.raise_from_response(response)
     body: dict[str, Any] = response.json()
@@ -140,7 +141,7 @@ def in_status(
 def backup_services(cloud: Cloud) -> list[dict[str, Any]]:
     """The ``cinder-backup`` services as ``os-services`` lists them."""
     body = cloud.call(
-        _get, cloud.service, "/os-services", {"binary": "cinder-backup"}
+        _get, cloud, cloud.service, "/os-services", {"binary": "cinder-backup"}
     )
     services: list[dict[str, Any]] = body.get("services") or []
     return services
