@@ -281,7 +281,7 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--expiry-volumes", type=int, default=2000)
     parser.add_argument("--expiry-retention", default="last=7")
-    parser.add_argument("--port", type=int, default=19890)
+    parser.add_argument("--port", type=int, default=19960)
     parser.add_argument("--pythonpath", help="run cinderbak from here")
     parser.add_argument(
         "--only", choices=("plan", "run", "expiry"), help="one part"

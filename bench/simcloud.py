@@ -12,7 +12,7 @@ bottleneck. It counts requests per endpoint (``GET /_sim/stats``).
 It is a fake: there is no data, no real Keystone (any password works, a
 token names its project), and only the fields and filters cinderbak uses.
 
-    python bench/simcloud.py --port 19890 --volumes 10000 --projects 500 \
+    python bench/simcloud.py --port 19960 --volumes 10000 --projects 500 \
         --history 10
 
 Control endpoints (not part of any OpenStack API):
@@ -871,7 +871,7 @@ class Sim:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--port", type=int, default=19890)
+    p.add_argument("--port", type=int, default=19960)
     p.add_argument("--volumes", type=int, default=1000)
     p.add_argument("--projects", type=int, default=50)
     p.add_argument("--history", type=int, default=10)
