@@ -119,23 +119,6 @@ def trusted_view(
     return dataclasses.replace(info, ours=False)
 
 
-def ids_in_status(cloud: Cloud, kind: str, status: str) -> set[str]:
-    """Return ids of all backups or snapshots (any project) in ``status``.
-
-    One paged list call covers every job in flight: polling stays one
-    request per interval whatever the number of volumes.
-    """
-    listing = getattr(cloud.service.block_storage, kind)
-    return cloud.call(
-        lambda: {
-            item.id
-            for item in listing(
-                details=False, all_projects=True, status=status
-            )
-        }
-    )
-
-
 def quota_shortfall(
     quota: Any, size_gb: int, already: tuple[int, int] = (0, 0)
 ) -> str | None:

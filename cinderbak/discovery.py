@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from openstack.block_storage.v3.volume import Volume
 
-from cinderbak import tenant
+from cinderbak import listing, tenant
 from cinderbak.cloud import Cloud
 from cinderbak.policy import Policy
 
@@ -57,9 +58,54 @@ class Problem:
     error: str
 
 
-def _attachments(volume: Volume) -> tuple[Attachment, ...]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Listed:
+    """The fields of a volume discovery reads, from either shape: a
+    volume as the paged listing decodes it (the API's JSON keys) or an
+    SDK Volume (a single ``get_volume``, e.g. in recovery)."""
+
+    id: str
+    name: str
+    project_id: str
+    status: str
+    size: int
+    availability_zone: str | None
+    metadata: Mapping[str, str]
+    attachments: tuple[Mapping[str, Any], ...]
+
+
+TENANT_KEY = "os-vol-tenant-attr:tenant_id"
+"""Where the volume listing says which project a volume is in."""
+
+
+def listed(volume: Volume | Mapping[str, Any]) -> Listed:
+    """Return a volume's fields, whichever shape it was read in."""
+    if isinstance(volume, Volume) or not isinstance(volume, Mapping):
+        return Listed(
+            id=volume.id,
+            name=volume.name or "",
+            project_id=volume.project_id or "",
+            status=volume.status,
+            size=int(volume.size or 0),
+            availability_zone=volume.availability_zone,
+            metadata=dict(volume.metadata or {}),
+            attachments=tuple(volume.attachments or ()),
+        )
+    return Listed(
+        id=volume["id"],
+        name=volume.get("name") or "",
+        project_id=volume.get(TENANT_KEY) or volume.get("project_id") or "",
+        status=volume.get("status") or "",
+        size=int(volume.get("size") or 0),
+        availability_zone=volume.get("availability_zone"),
+        metadata=volume.get("metadata") or {},
+        attachments=tuple(volume.get("attachments") or ()),
+    )
+
+
+def _attachments(volume: Listed) -> tuple[Attachment, ...]:
     found = []
-    for item in volume.attachments or ():
+    for item in volume.attachments:
         server_id = item.get("server_id")
         if server_id:
             found.append(
@@ -72,23 +118,27 @@ def _attachments(volume: Volume) -> tuple[Attachment, ...]:
 
 
 def classify(
-    volumes: Iterable[Volume], policies: Mapping[str, Policy]
+    volumes: Iterable[Volume | Mapping[str, Any]],
+    policies: Mapping[str, Policy],
 ) -> Iterator[Target | Problem]:
     """Given volumes as listed, yield a Target or a Problem for each opt-in.
 
     Volumes without ``cinderbak:policy`` (and no other of our keys) are
     skipped silently: they did not ask for anything.
     """
-    for volume in volumes:
-        metadata = dict(volume.metadata or {})
-        project_id = volume.project_id or ""
+    for item in volumes:
+        volume = listed(item)
+        metadata = dict(volume.metadata)
         try:
             opt_in = tenant.parse_volume_metadata(
                 volume.id, metadata, policies
             )
         except tenant.MetadataError as exc:
             yield Problem(
-                volume.id, project_id, metadata.get(tenant.POLICY), str(exc)
+                volume.id,
+                volume.project_id,
+                metadata.get(tenant.POLICY),
+                str(exc),
             )
             continue
         if opt_in is None:
@@ -98,48 +148,99 @@ def classify(
 
 
 def target_of(
-    volume: Volume, policy: Policy, quiesce: tenant.QuiesceMode
+    volume: Volume | Mapping[str, Any] | Listed,
+    policy: Policy,
+    quiesce: tenant.QuiesceMode,
 ) -> Target:
     """Return the Target for a volume as the API listed it."""
+    fields = volume if isinstance(volume, Listed) else listed(volume)
     return Target(
-        volume_id=volume.id,
-        name=volume.name or "",
-        project_id=volume.project_id or "",
-        status=volume.status,
-        size_gb=int(volume.size or 0),
-        availability_zone=volume.availability_zone,
+        volume_id=fields.id,
+        name=fields.name,
+        project_id=fields.project_id,
+        status=fields.status,
+        size_gb=fields.size,
+        availability_zone=fields.availability_zone,
         policy=policy,
         quiesce=quiesce,
-        attachments=_attachments(volume),
+        attachments=_attachments(fields),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class FreezeGroup:
+    """What a run starts as one unit: the volumes of one server under one
+    policy (one freeze covers them all), or one detached volume. It is
+    also the unit of ownership when several daemons share a region."""
+
+    project_id: str
+    server_id: str | None
+    targets: tuple[Target, ...]
+
+
+def freeze_key(target: Target) -> tuple[str, str] | None:
+    """Volumes of one server under one policy share a freeze."""
+    if not target.attachments:
+        return None
+    return (target.project_id, target.attachments[0].server_id)
+
+
+def freeze_groups(targets: Iterable[Target]) -> list[FreezeGroup]:
+    """Group a run's targets into freeze groups, the one place where that
+    happens: projects in first-seen order, and within a project each
+    server's group (first-seen order) before its detached volumes."""
+    servers: dict[tuple[str, str], list[Target]] = {}
+    detached: dict[str, list[Target]] = {}
+    projects: dict[str, None] = {}
+    for target in targets:
+        projects.setdefault(target.project_id)
+        key = freeze_key(target)
+        if key is None:
+            detached.setdefault(target.project_id, []).append(target)
+        else:
+            servers.setdefault(key, []).append(target)
+    by_project: dict[str, list[FreezeGroup]] = {p: [] for p in projects}
+    for (project, server), members in servers.items():
+        by_project[project].append(
+            FreezeGroup(project, server, tuple(members))
+        )
+    for project, members in detached.items():
+        by_project[project].extend(
+            FreezeGroup(project, None, (target,)) for target in members
+        )
+    return [group for groups in by_project.values() for group in groups]
 
 
 SCRATCH_PREFIX = "cinderbak-verify-"
 
 
-def is_scratch(volume: Volume, service_project_id: str) -> bool:
+def is_scratch(
+    volume: Volume | Mapping[str, Any], service_project_id: str
+) -> bool:
     """Whether a volume is a verification's scratch volume: never a target.
 
     A restore copies the source volume's metadata (its opt-in included)
     onto the scratch volume, so it is known by where it lives and what it
     is called: tenants cannot create volumes in the service project.
     """
-    return (volume.project_id or "") == service_project_id and (
-        volume.name or ""
-    ).startswith(SCRATCH_PREFIX)
+    fields = listed(volume)
+    return fields.project_id == service_project_id and fields.name.startswith(
+        SCRATCH_PREFIX
+    )
 
 
-def volumes_of_policy(cloud: Cloud, policy: Policy) -> Iterator[Volume]:
-    """Yield every volume, in every project, that names ``policy``."""
-    # The SDK sends ``properties`` as Cinder's ``metadata`` filter; Cinder
-    # parses it as a literal, so it must be a JSON string, not a dict.
+def volumes_of_policy(
+    cloud: Cloud, policy: Policy
+) -> Iterator[dict[str, Any]]:
+    """Yield every volume, in every project, that names ``policy``, as
+    listed: plain decoded JSON, page by page (see :mod:`listing` for why
+    not SDK objects)."""
+    # Cinder parses the ``metadata`` filter as a literal, so it is sent
+    # as a JSON string, not a dict.
     query = json.dumps({tenant.POLICY: policy.name})
     ours = cloud.service.current_project_id or ""
-    for volume in cloud.service.block_storage.volumes(
-        details=True, all_projects=True, properties=query, limit=PAGE_SIZE
-    ):
-        # Always v3 (block_storage_api_version); said for the type checker.
-        if isinstance(volume, Volume) and not is_scratch(volume, ours):
+    for volume in listing.volumes(cloud, {"metadata": query}, limit=PAGE_SIZE):
+        if not is_scratch(volume, ours):
             yield volume
 
 
@@ -167,11 +268,8 @@ def audit(cloud: Cloud, policies: Mapping[str, Policy]) -> list[Problem]:
     ours = cloud.service.current_project_id or ""
     volumes = (
         volume
-        for volume in cloud.service.block_storage.volumes(
-            details=True, all_projects=True, limit=PAGE_SIZE
-        )
-        if isinstance(volume, Volume)  # always v3, as volumes_of_policy
-        and tenant.mentions_us(volume.metadata or {})
+        for volume in listing.volumes(cloud, limit=PAGE_SIZE)
+        if tenant.mentions_us(volume.get("metadata") or {})
         and not is_scratch(volume, ours)
     )
     return [

@@ -12,7 +12,7 @@ scripts included, as written.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 
 def escape(value: object) -> str:
@@ -35,6 +35,8 @@ def escape_cell(value: object) -> object:
 
 def escape_rows(
     rows: Iterable[Iterable[object]],
-) -> list[tuple[object, ...]]:
-    """Every cell of a table escaped (see :func:`escape_cell`)."""
-    return [tuple(escape_cell(cell) for cell in row) for row in rows]
+) -> Iterator[tuple[object, ...]]:
+    """Every cell of a table escaped (see :func:`escape_cell`), row by
+    row: a command that streams its rows (``cinderbak plan`` over a
+    region) is not made to hold them all."""
+    return (tuple(escape_cell(cell) for cell in row) for row in rows)

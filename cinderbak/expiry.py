@@ -28,11 +28,20 @@ Deleting, for each backup in the plan's order:
    (it may be the parent: Cinder refuses to delete a backup while any
    backup names it as parent, in whatever state, and only clears
    ``has_dependent_backups`` once the child is destroyed). One list call
-   per poll covers every deletion in flight.
+   per poll covers every deletion in flight, and one more, of our backups
+   in ``error``, tells a failed deletion from a finished one.
 
 A deletion Cinder refuses is recorded and left to a later pass: no retry
-loop within a pass. Deletions are bounded per pass
-(``[expiry] max_deletions_per_pass``).
+loop within a pass. Deletions per pass are sized from the backlog
+(:mod:`cinderbak.pace`): at least ``[expiry] min_deletions_per_pass``,
+else a ``catch_up_passes``-th of what is due, so expiry keeps pace with
+what the policies create; ``max_deletions_per_pass`` is an optional cap.
+
+Scale: projects are read one at a time as plain decoded listings
+(:mod:`cinderbak.listing`), each volume planned as its project is read;
+an expiry pass keeps only the volumes with something to delete (and skips
+planning a volume that cannot have any), and settles deletions from
+shared status listings (one per poll, whatever the number in flight).
 
 Each pass that deletes something is one journal run, policy
 ``expire:<name>``, target ``expiry``, keyed by the pass's ``now``: two
@@ -41,11 +50,12 @@ daemons starting the same pass get the same run and only one deletes.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import openstack.connection
@@ -59,11 +69,13 @@ from cinderbak import (
     chains,
     discovery,
     dr_sync,
+    listing,
+    pace,
     retention,
     tenant,
 )
 from cinderbak.chains import BackupInfo
-from cinderbak.cloud import NoRoleInProject
+from cinderbak.cloud import API_ERRORS, NoRoleInProject
 from cinderbak.journal import Journal, states, steps
 from cinderbak.policy import Ownership, Policy
 
@@ -72,12 +84,31 @@ LOG = logging.getLogger(__name__)
 GROUP = "expiry"
 OPTS: list[cfg.Opt] = [
     cfg.IntOpt(
-        "max_deletions_per_pass",
+        "min_deletions_per_pass",
         default=50,
         min=0,
-        help="Most backups one expiry pass of a policy deletes; the rest "
-        "wait for the next pass (the plan says 'deferred'). Bounds the "
-        "load a pass puts on the backup service after a retention change.",
+        help="A pass of a policy deletes at least this many of the backups "
+        "its retention no longer keeps (all of them when fewer are due).",
+    ),
+    cfg.IntOpt(
+        "catch_up_passes",
+        default=4,
+        min=1,
+        help="Above min_deletions_per_pass, a pass deletes this fraction "
+        "(1/catch_up_passes) of the backlog of a policy: a backlog is "
+        "worked off over about this many passes, and in steady state "
+        "expiry deletes as many backups a day as the policies create. "
+        "Bounds the load a pass puts on the backup service after a "
+        "retention change. The rest waits (the plan says 'deferred').",
+    ),
+    cfg.IntOpt(
+        "max_deletions_per_pass",
+        default=0,
+        min=0,
+        help="Hard cap on the backups one expiry pass of a policy deletes; "
+        "0 for none (the pass is sized from the backlog, see "
+        "catch_up_passes). A cap below what the policies create per pass "
+        "lets expired backups pile up.",
     ),
     cfg.IntOpt(
         "max_concurrent_deletions",
@@ -246,29 +277,35 @@ def refusal(
 
 
 def governing_policy(listed: Iterable[Any], deployment_id: str) -> str | None:
-    """Given the SDK backups of one volume in one project, return the
-    ``cinderbak:policy`` of the newest backup of ours (by data timestamp,
-    then creation time), or None if none of them is ours.
+    """Given the backups of one volume in one project (as listed, or SDK
+    objects), return the ``cinderbak:policy`` of the newest backup of
+    ours (by data timestamp, then creation time), or None if none of
+    them is ours.
 
     A deleted volume's backups are expired by that one policy, so two
     policies never plan the same backups.
     """
     best: tuple[Any, ...] | None = None
     for backup in listed:
-        metadata = dict(getattr(backup, "metadata", None) or {})
+        metadata = dict(_field(backup, "metadata") or {})
         if not tenant.is_ours(metadata, deployment_id):
             continue
-        created = backups.parse_time(backup.created_at)
-        data = backups.parse_time(backup.data_timestamp) or created
+        created = backups.parse_time(_field(backup, "created_at"))
+        data = backups.parse_time(_field(backup, "data_timestamp")) or created
         key = (
             _sortable(data),
             _sortable(created),
-            backup.id,
+            _field(backup, "id"),
             metadata.get(tenant.POLICY),
         )
         if best is None or key > best:
             best = key
     return None if best is None else best[3]
+
+
+def _field(item: Any, name: str) -> Any:
+    """A field of a backup, listed (a dict) or an SDK object."""
+    return item.get(name) if type(item) is dict else getattr(item, name, None)
 
 
 _EPOCH = datetime.datetime.min.replace(tzinfo=datetime.UTC)
@@ -303,8 +340,30 @@ def select_policies(
     return [policies[name] for name in chosen]
 
 
+@dataclasses.dataclass(frozen=True)
+class Pace:
+    """How a pass sizes its deletions (:mod:`cinderbak.pace`)."""
+
+    floor: int
+    spread: int
+    cap: int = 0
+
+    @classmethod
+    def of(cls, conf: cfg.ConfigOpts, max_deletions: int | None) -> Pace:
+        """From the options; an explicit ``max_deletions`` is a fixed
+        budget (what a caller asks for one pass)."""
+        if max_deletions is not None:
+            return cls(floor=max_deletions, spread=1, cap=max_deletions)
+        options = _options(conf)
+        return cls(
+            floor=options.min_deletions_per_pass,
+            spread=options.catch_up_passes,
+            cap=options.max_deletions_per_pass,
+        )
+
+
 class _Reader:
-    """Gathers the plans of one policy."""
+    """Gathers the plans of one policy, one owning project at a time."""
 
     def __init__(self, parts: Any, policy: Policy) -> None:
         self.parts = parts
@@ -313,6 +372,8 @@ class _Reader:
         self.deployment_id = parts.conf.deployment_id
         self.problems: list[ExpiryRow] = []
         self._exists: dict[str, bool] = {}
+        self.backlog = 0  # deletions due, over every volume planned
+        self.granted = 0  # of which this pass makes
 
     def owners(self, targets: Mapping[str, str]) -> list[str]:
         """The projects that may hold backups of this policy."""
@@ -342,7 +403,10 @@ class _Reader:
         return self._exists[volume_id]
 
     def covered(
-        self, volume_id: str, listed: list[Any], targets: Mapping[str, str]
+        self,
+        volume_id: str,
+        listed: list[dict[str, Any]],
+        targets: Mapping[str, str],
     ) -> bool | None:
         """Return whether the volume exists when this policy governs its
         backups, else None (not ours to plan)."""
@@ -350,8 +414,8 @@ class _Reader:
             return True
         mine = self.policy.name
         if not any(
-            tenant.is_ours(dict(b.metadata or {}), self.deployment_id)
-            and (b.metadata or {}).get(tenant.POLICY) == mine
+            tenant.is_ours(b.get("metadata") or {}, self.deployment_id)
+            and (b.get("metadata") or {}).get(tenant.POLICY) == mine
             for b in listed
         ):
             return None
@@ -361,108 +425,217 @@ class _Reader:
             return None  # opted out or moved to another policy: kept
         return False
 
-    def gather(
+    def targets(self) -> dict[str, str]:
+        """The policy's volumes now, by id, with their projects."""
+        found = self.cloud.call(
+            lambda: [
+                discovery.listed(volume)
+                for volume in discovery.volumes_of_policy(
+                    self.cloud, self.policy
+                )
+            ]
+        )
+        return {volume.id: volume.project_id for volume in found}
+
+    def project_backups(
+        self, project_id: str
+    ) -> tuple[openstack.connection.Connection, dict[str, list[Any]]]:
+        """The project's backups as listed, by volume (page by page, as
+        plain decoded JSON: :mod:`cinderbak.listing`)."""
+        conn = self.connection(project_id)
+        by_volume: dict[str, list[Any]] = {}
+        for item in listing.pages(
+            self.cloud, conn, "/backups/detail", "backups", limit=PAGE_SIZE
+        ):
+            by_volume.setdefault(item.get("volume_id") or "", []).append(item)
+        return conn, by_volume
+
+    def plans(
         self,
         now: datetime.datetime,
-        budget: int,
+        pace_of: Pace,
         volume_ids: Collection[str] | None,
-    ) -> list[VolumePlan]:
-        name = self.policy.name
-        targets = {
-            volume.id: volume.project_id or ""
-            for volume in self.cloud.call(
-                lambda: list(
-                    discovery.volumes_of_policy(self.cloud, self.policy)
-                )
-            )
-        }
-        plans: list[VolumePlan] = []
+        deletions_only: bool,
+        owns: Callable[[str], bool] | None = None,
+    ) -> Iterator[VolumePlan]:
+        """Yield the plan of each volume, project by project, as its
+        project is read; deletions are granted as the backlog is seen
+        (:func:`cinderbak.pace.allowance`). With ``deletions_only``, a
+        volume that cannot have a deletion is not planned and a plan
+        without deletions is not yielded (an expiry pass)."""
+        targets = self.targets()
         for project_id in self.owners(targets):
             try:
-                conn = self.connection(project_id)
-                listed = self.cloud.call(
-                    lambda conn=conn: list(
-                        conn.block_storage.backups(
-                            details=True, limit=PAGE_SIZE
-                        )
-                    )
-                )
-            except (NoRoleInProject, sdk_exceptions.SDKException) as exc:
+                conn, by_volume = self.project_backups(project_id)
+            except (NoRoleInProject, *API_ERRORS) as exc:
+                name = self.policy.name
                 LOG.error("policy %s: project %s: %s", name, project_id, exc)
                 self.problems.append(
                     ExpiryRow.problem(name, project_id, "", str(exc))
                 )
                 continue
-            by_volume: dict[str, list[Any]] = {}
-            for backup in listed:
-                by_volume.setdefault(backup.volume_id, []).append(backup)
-            trusted = self.parts.journal.known_backups(by_volume)
-            ours = {
-                b.id: b
-                for b in listed
-                if backups.trusted_view(
-                    backups.to_info(b, self.deployment_id),
-                    b.volume_id,
+            yield from self._project_plans(
+                now,
+                pace_of,
+                volume_ids,
+                deletions_only,
+                (project_id, conn, by_volume, targets),
+                owns,
+            )
+
+    def _project_plans(
+        self,
+        now: datetime.datetime,
+        pace_of: Pace,
+        volume_ids: Collection[str] | None,
+        deletions_only: bool,
+        read: tuple[
+            str,
+            openstack.connection.Connection,
+            dict[str, list[Any]],
+            Mapping[str, str],
+        ],
+        owns: Callable[[str], bool] | None = None,
+    ) -> Iterator[VolumePlan]:
+        project_id, conn, by_volume, targets = read
+        name = self.policy.name
+        trusted = self.parts.journal.known_backups(by_volume)
+        infos = {
+            volume_id: [
+                backups.trusted_view(
+                    backups.info_from_dict(item, self.deployment_id),
+                    volume_id,
                     trusted,
-                ).ours
-            }
-            parents = self.parts.journal.expected_parents(ours)
-            for volume_id in sorted(by_volume):
-                items = by_volume[volume_id]
-                if not any(b.id in ours for b in items):
-                    continue
-                try:
-                    exists = self.covered(volume_id, items, targets)
-                except sdk_exceptions.SDKException as exc:
-                    self.problems.append(
-                        ExpiryRow.problem(
-                            name, project_id, volume_id, str(exc)
-                        )
-                    )
-                    continue
-                if exists is None:
-                    continue
-                history = {}
-                for backup in items:
-                    info = backups.trusted_view(
-                        backups.to_info(backup, self.deployment_id),
-                        volume_id,
-                        trusted,
-                    )
-                    parent = parents.get(backup.id)
-                    if parent and info.is_incremental:
-                        info = dataclasses.replace(info, parent_id=parent)
-                    history[info.id] = info
-                try:
-                    result = retention.plan(
-                        history.values(),
-                        self.policy.retention,
-                        now,
-                        volume_exists=exists,
-                        max_deletions=budget,
-                    )
-                except ValueError as exc:  # an id listed twice (paging)
-                    self.problems.append(
-                        ExpiryRow.problem(
-                            name, project_id, volume_id, str(exc)
-                        )
-                    )
-                    continue
-                budget -= len(result.deletions)
-                if volume_ids and volume_id not in volume_ids:
-                    continue  # planned all the same: it used the budget
-                plans.append(
-                    VolumePlan(
-                        policy=self.policy,
-                        project_id=project_id,
-                        volume_id=volume_id,
-                        volume_exists=exists,
-                        conn=conn,
-                        history=history,
-                        plan=result,
-                    )
                 )
-        return plans
+                for item in items
+            ]
+            for volume_id, items in by_volume.items()
+        }
+        parents = self.parts.journal.expected_parents(
+            info.id for found in infos.values() for info in found if info.ours
+        )
+        for volume_id in sorted(by_volume):
+            if owns is not None and not owns(volume_id):
+                continue  # another daemon's share
+            if not any(info.ours for info in infos[volume_id]):
+                continue
+            try:
+                exists = self.covered(volume_id, by_volume[volume_id], targets)
+            except API_ERRORS as exc:
+                self.problems.append(
+                    ExpiryRow.problem(name, project_id, volume_id, str(exc))
+                )
+                continue
+            if exists is None:
+                continue
+            history = {}
+            for info in infos[volume_id]:
+                parent = parents.get(info.id)
+                if parent and info.is_incremental:
+                    info = dataclasses.replace(info, parent_id=parent)
+                history[info.id] = info
+            if deletions_only and retention.nothing_to_delete(
+                history.values(),
+                self.policy.retention,
+                volume_exists=exists,
+            ):
+                continue
+            try:
+                result = self._plan(history, now, exists, pace_of)
+            except ValueError as exc:  # an id listed twice (paging)
+                self.problems.append(
+                    ExpiryRow.problem(name, project_id, volume_id, str(exc))
+                )
+                continue
+            if volume_ids and volume_id not in volume_ids:
+                continue  # planned all the same: it used the budget
+            if deletions_only and not result.deletions:
+                continue
+            if deletions_only:  # rows are of deletions only: keep those
+                history = {
+                    d.backup_id: history[d.backup_id] for d in result.deletions
+                }
+            yield VolumePlan(
+                policy=self.policy,
+                project_id=project_id,
+                volume_id=volume_id,
+                volume_exists=exists,
+                conn=conn,
+                history=history,
+                plan=result,
+            )
+
+    def _plan(
+        self,
+        history: Mapping[str, BackupInfo],
+        now: datetime.datetime,
+        exists: bool,
+        pace_of: Pace,
+    ) -> retention.Plan:
+        """Plan one volume; grant it what the pass allows of its deletions
+        (the safe prefix of their order, the rest deferred)."""
+        result = retention.plan(
+            history.values(), self.policy.retention, now, volume_exists=exists
+        )
+        due = len(result.deletions)
+        granted = pace.allowance(
+            self.backlog,
+            self.granted,
+            due,
+            floor=pace_of.floor,
+            spread=pace_of.spread,
+            cap=pace_of.cap,
+        )
+        self.backlog += due
+        self.granted += granted
+        if granted == due:
+            return result
+        return retention.plan(
+            history.values(),
+            self.policy.retention,
+            now,
+            volume_exists=exists,
+            max_deletions=granted,
+        )
+
+
+def iter_plans(
+    parts: Any,
+    policy: Policy,
+    now: datetime.datetime,
+    *,
+    max_deletions: int | None = None,
+    volume_ids: Collection[str] | None = None,
+    deletions_only: bool = False,
+    owns: Callable[[str], bool] | None = None,
+) -> Iterator[VolumePlan | ExpiryRow]:
+    """Yield the plan of every volume ``policy`` covers that has backups
+    of ours, project by project as each is read, then rows for the
+    projects or volumes that could not be planned.
+
+    Deletions are sized from the backlog (:class:`Pace`; a fixed budget
+    with ``max_deletions``) and granted in the order volumes are planned
+    (by project, then volume id). ``volume_ids`` limits what is yielded,
+    not what is planned, so each plan is the one a pass would carry out;
+    ``deletions_only`` yields only plans that delete something. Reads
+    only: nothing is changed.
+    """
+    reader = _Reader(parts, policy)
+    yield from reader.plans(
+        now,
+        Pace.of(parts.conf, max_deletions),
+        volume_ids,
+        deletions_only,
+        owns,
+    )
+    yield from reader.problems
+    if reader.backlog:
+        LOG.info(
+            "policy %s: %d deletions due, %d in this pass",
+            policy.name,
+            reader.backlog,
+            reader.granted,
+        )
 
 
 def plan_policy(
@@ -472,22 +645,27 @@ def plan_policy(
     *,
     max_deletions: int | None = None,
     volume_ids: Collection[str] | None = None,
+    deletions_only: bool = False,
+    owns: Callable[[str], bool] | None = None,
 ) -> tuple[list[VolumePlan], list[ExpiryRow]]:
-    """Given a policy, return the plan of every volume it covers that has
-    backups of ours, and rows for the projects or volumes that could not
-    be planned.
-
-    ``max_deletions`` (default ``[expiry] max_deletions_per_pass``) bounds
-    the deletions over all volumes; later volumes (by project, then
-    volume id) get what is left. ``volume_ids`` limits what is returned,
-    not what is planned, so each plan is the one a pass would carry out.
-    Reads only: nothing is changed.
-    """
-    if max_deletions is None:
-        max_deletions = _options(parts.conf).max_deletions_per_pass
-    reader = _Reader(parts, policy)
-    plans = reader.gather(now, max_deletions, volume_ids)
-    return plans, reader.problems
+    """Given a policy, return the plans and the problem rows of
+    :func:`iter_plans`, as two lists."""
+    plans: list[VolumePlan] = []
+    problems: list[ExpiryRow] = []
+    for item in iter_plans(
+        parts,
+        policy,
+        now,
+        max_deletions=max_deletions,
+        volume_ids=volume_ids,
+        deletions_only=deletions_only,
+        owns=owns,
+    ):
+        if isinstance(item, ExpiryRow):
+            problems.append(item)
+        else:
+            plans.append(item)
+    return plans, problems
 
 
 # -- deleting ----------------------------------------------------------
@@ -608,36 +786,44 @@ class _Deleter:
 
     def _loop(self, queues: list[_Queue]) -> None:
         limit = self.options.max_concurrent_deletions
-        waiting = [q for q in queues if q.pending]
+        waiting = collections.deque(q for q in queues if q.pending)
         in_flight: list[_Queue] = []
         while waiting or in_flight:
-            for queue in list(waiting):
+            # Each waiting volume is looked at once per round at most; one
+            # not ready (a recheck pause) goes to the back.
+            for _ in range(len(waiting)):
                 if len(in_flight) >= limit:
                     break
+                queue = waiting.popleft()
                 if queue.resume_at > self.clock():
-                    continue
-                waiting.remove(queue)
-                if self._start_next(queue):
+                    waiting.append(queue)
+                elif self._start_next(queue):
                     in_flight.append(queue)
                 elif queue.pending:
                     waiting.append(queue)  # looks again after a pause
             if not (waiting or in_flight):
                 return
             if self.stop.wait(self.parts.conf.poll_interval):
-                for queue in waiting + in_flight:
+                for queue in [*waiting, *in_flight]:
                     self._give_up(queue, "stopping")
                 return
             if not in_flight:
                 continue
-            deleting = backups.ids_in_status(self.cloud, "backups", "deleting")
+            deleting = listing.ids_in_status(self.cloud, "backups", "deleting")
+            left = []
             for queue in list(in_flight):
-                if queue.current in deleting:
-                    if self.clock() > queue.deadline:
-                        self._timed_out(queue)
-                        in_flight.remove(queue)
-                    continue
-                if not self._settled(queue):
-                    continue
+                if queue.current not in deleting:
+                    left.append(queue)
+                elif self.clock() > queue.deadline:
+                    self._timed_out(queue)
+                    in_flight.remove(queue)
+            if not left:
+                continue
+            # No longer deleting: gone, or in error (Cinder's mark of a
+            # failed deletion). One listing of the errors tells them all.
+            failed = listing.in_status(self.cloud, "backups", "error")
+            for queue in left:
+                self._settled(queue, failed.get(str(queue.current)))
                 in_flight.remove(queue)
                 if queue.pending:
                     waiting.append(queue)
@@ -734,16 +920,15 @@ class _Deleter:
         queue.deadline = self.clock() + self.options.delete_timeout
         return _STARTED
 
-    def _settled(self, queue: _Queue) -> bool:
-        """The backup is no longer listed as deleting: find out how it
-        ended. Return False if it is, after all, still being deleted."""
+    def _settled(
+        self, queue: _Queue, failed: Mapping[str, Any] | None
+    ) -> None:
+        """The backup is no longer listed as deleting: it is gone, or, as
+        the listing of backups in error shows it (``failed``), its
+        deletion failed."""
         backup_id, step = queue.current, queue.step
         assert backup_id is not None and step is not None
-        try:
-            backup = self.cloud.call(
-                queue.plan.conn.block_storage.get_backup, backup_id
-            )
-        except sdk_exceptions.NotFoundException:
+        if failed is None:
             self.journal.complete_step(step)
             self.results[backup_id] = DELETED
             queue.deleted_any = True
@@ -754,13 +939,10 @@ class _Deleter:
                 queue.plan.volume_id,
             )
         else:
-            if backup.status == "deleting":
-                return False
-            reason = backup.fail_reason or f"status {backup.status}"
+            reason = failed.get("fail_reason") or "status error"
             self.journal.fail_step(step, f"deletion failed: {reason}")
             self.results[backup_id] = f"{FAILED}: deletion failed: {reason}"
         queue.current = queue.step = None
-        return True
 
     def _timed_out(self, queue: _Queue) -> None:
         seconds = self.options.delete_timeout
@@ -799,18 +981,21 @@ def expire_policy(
     Return one row per deletion decided (with its result) and one per
     project or volume that could not be planned. With ``dry_run`` nothing
     is deleted and nothing is written to the journal. ``max_deletions``
-    defaults to ``[expiry] max_deletions_per_pass``. ``stop`` ends the
-    pass early; deletions already requested then finish in Cinder and
-    their steps stay open for the next start. ``owns`` (a volume id to
-    whether this daemon expires it) divides the deletions between the
-    daemons of a region.
+    fixes the pass's budget; by default it is sized from the backlog.
+    ``stop`` ends the pass early; deletions already requested then
+    finish in Cinder and their steps stay open for the next start.
+    ``owns`` (a volume id to whether this daemon expires it) divides the
+    volumes between the daemons of a region; each sizes its budget from
+    the backlog of its own share.
     """
-    plans, rows = plan_policy(parts, policy, now, max_deletions=max_deletions)
-    work = [
-        p
-        for p in plans
-        if p.plan.deletions and (owns is None or owns(p.volume_id))
-    ]
+    work, rows = plan_policy(
+        parts,
+        policy,
+        now,
+        max_deletions=max_deletions,
+        deletions_only=True,
+        owns=owns,
+    )
     if dry_run:
         for p in work:
             rows.extend(p.row(d, DRY_RUN) for d in p.plan.deletions)
@@ -818,7 +1003,7 @@ def expire_policy(
     if not work:
         return rows
     deleter = _Deleter(parts, policy, now, stop or threading.Event())
-    kept = sum(len(p.plan.keep_ids) for p in plans)
+    kept = sum(len(p.plan.keep_ids) for p in work)
     results = deleter.execute(work, kept=kept)
     dr_sync.forget(parts, [i for i, r in results.items() if r in GONE])
     if deleter.run_id:

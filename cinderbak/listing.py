@@ -1,12 +1,19 @@
 """Paged Block Storage listings read as plain decoded JSON.
 
-The engine reads backups and snapshots in bulk (a project's whole history
-once per run, a run's resources once per poll). openstacksdk would build
-a resource object per item (hundreds of microseconds each, most of a
-large run's CPU) and, without a limit it knows, ask for one more, empty
-page after the last. Here each page is one GET through the same
-keystoneauth session, items stay dicts, and paging stops at the first
-page shorter than the limit or without a ``next`` link.
+Everything that feeds planning is read in bulk: the volumes of a policy
+(discovery), a project's whole backup history (once per run and per
+expiry pass), a run's backups and snapshots (once per poll). openstacksdk
+would build a resource object per item: about 460 us each, measured on a
+listed backup, against 0.5 us to read the same fields from the decoded
+JSON; at 10,000 volumes with 10 backups each that was 90% of a plan's 72
+CPU seconds, and the objects held whole were most of its memory. Without
+a limit it knows, the SDK also asks for one more, empty page after the
+last. So here each page is one GET through the same keystoneauth session
+(same token, retries and microversion as every other call), items stay
+dicts, they are yielded page by page (a caller that streams holds one
+page), and paging stops at the first page shorter than the limit or
+without a ``next`` link. Single-resource calls (get, create, delete) keep
+going through the SDK: there the object costs nothing that matters.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ def pages(
         query = {**(params or {}), "limit": limit}
         if marker is not None:
             query["marker"] = marker
-        body = cloud.call(_get, conn, path, query)
+        body = cloud.call(_get, cloud, conn, path, query)
         items = body.get(key) or []
         yield from items
         if len(items) < limit or not body.get(f"{key}_links"):
@@ -52,12 +59,13 @@ def pages(
 
 
 def _get(
+    cloud: Cloud,
     conn: openstack.connection.Connection,
     path: str,
     query: Mapping[str, Any],
 ) -> dict[str, Any]:
-    response = conn.block_storage.get(
-        path, params=dict(query), microversion=MICROVERSION
+    response = cloud.reader(conn).get(
+        path, params=dict(query), microversion=MICROVERSION, raise_exc=False
     )
     sdk_exceptions.raise_from_response(response)
     body: dict[str, Any] = response.json()
@@ -81,10 +89,59 @@ def run_resources(
     }
 
 
+def volumes(
+    cloud: Cloud,
+    params: Mapping[str, Any] | None = None,
+    *,
+    limit: int = PAGE_SIZE,
+) -> Iterator[dict[str, Any]]:
+    """Every volume (any project) matching ``params``, as listed."""
+    return pages(
+        cloud,
+        cloud.service,
+        "/volumes/detail",
+        "volumes",
+        {"all_tenants": 1, **(params or {})},
+        limit=limit,
+    )
+
+
+def ids_in_status(cloud: Cloud, kind: str, status: str) -> set[str]:
+    """Ids of every backup or snapshot (``kind``, any project) in
+    ``status``: one shared listing whatever the number asked about."""
+    return {
+        item["id"]
+        for item in pages(
+            cloud,
+            cloud.service,
+            f"/{kind}",
+            kind,
+            {"all_tenants": 1, "status": status},
+        )
+    }
+
+
+def in_status(
+    cloud: Cloud, kind: str, status: str
+) -> dict[str, dict[str, Any]]:
+    """Every backup or snapshot (any project) in ``status``, by id, with
+    its details (``fail_reason`` of a failed deletion)."""
+    return {
+        item["id"]: item
+        for item in pages(
+            cloud,
+            cloud.service,
+            f"/{kind}/detail",
+            kind,
+            {"all_tenants": 1, "status": status},
+        )
+    }
+
+
 def backup_services(cloud: Cloud) -> list[dict[str, Any]]:
     """The ``cinder-backup`` services as ``os-services`` lists them."""
     body = cloud.call(
-        _get, cloud.service, "/os-services", {"binary": "cinder-backup"}
+        _get, cloud, cloud.service, "/os-services", {"binary": "cinder-backup"}
     )
     services: list[dict[str, Any]] = body.get("services") or []
     return services

@@ -289,6 +289,28 @@ def _timestamp_problem(chains: Chains, i: int) -> str:
     return f"data_timestamp {chains.data[i].isoformat()} is after now"
 
 
+def nothing_to_delete(
+    backups: Iterable[BackupInfo], retention: Retention, *, volume_exists: bool
+) -> bool:
+    """Return True only when :func:`plan` would certainly delete nothing,
+    cheaply: the volume exists, none of our backups is in error, and our
+    available backups are no more than ``last`` keeps. An expiry pass
+    skips planning such a volume (most of them, in steady state, between
+    two runs); False means "plan it", not that something will go.
+    """
+    if not volume_exists or not retention.last:
+        return False
+    ours_available = 0
+    for backup in backups:
+        if not backup.ours:
+            continue
+        if backup.status == ERROR:
+            return False
+        if backup.status == AVAILABLE:
+            ours_available += 1
+    return ours_available <= retention.last
+
+
 def plan(
     backups: Iterable[BackupInfo],
     retention: Retention,

@@ -34,13 +34,23 @@ class FairQueue(Generic[T]):
         self._rotation: list[Hashable] = []
         self._next = 0
         self._count = 0
+        self._idle = 0  # projects in the rotation with nothing queued
+        self._rotating: set[Hashable] = set()
 
     def add(self, project: Hashable, group: T, size: int = 1) -> None:
         """Queue a group (one start) of ``size`` jobs for ``project``."""
-        if project not in self._by_project:
-            self._by_project[project] = collections.deque()
+        queue = self._by_project.get(project)
+        if queue is None:
+            queue = self._by_project[project] = collections.deque()
             self._rotation.append(project)
-        self._by_project[project].append((size, group))
+            self._rotating.add(project)
+        elif not queue:
+            if project in self._rotating:
+                self._idle -= 1
+            else:  # left the rotation while it had nothing queued
+                self._rotation.append(project)
+                self._rotating.add(project)
+        queue.append((size, group))
         self._count += size
 
     def __len__(self) -> int:
@@ -67,32 +77,40 @@ class FairQueue(Generic[T]):
         as enough work ends), or None (this group cannot start now for a
         reason of its own, e.g. its server is frozen by another policy:
         the rotation moves past it).
+
+        Costs O(1) per group started or asked about, whatever the number
+        of projects: the rotation is walked from where it stopped, and
+        projects with nothing queued leave it once they are the majority.
         """
         started: list[tuple[Hashable, T]] = []
         skipped: set[Hashable] = set()
-        while True:
-            candidates = [
-                p
-                for p in self._order()
-                if self._by_project[p] and p not in skipped
-            ]
-            if not candidates:
-                return started
-            for project in candidates:
-                size, group = self._by_project[project][0]
+        self._compact()
+        n = len(self._rotation)
+        position = self._next
+        without_start = 0
+        while self._count and without_start < n:
+            project = self._rotation[position]
+            queue = self._by_project[project]
+            if queue and project not in skipped:
+                size, group = queue[0]
                 verdict = fits(project, group, size)
                 if verdict is None:
                     skipped.add(project)
-                    continue
-                if not verdict:
-                    self._next = self._rotation.index(project)
+                elif not verdict:
+                    self._next = position
                     return started
-                self._by_project[project].popleft()
-                self._count -= size
-                self._next = (self._rotation.index(project) + 1) % len(
-                    self._rotation
-                )
-                started.append((project, group))
+                else:
+                    queue.popleft()
+                    self._count -= size
+                    if not queue:
+                        self._idle += 1
+                    started.append((project, group))
+                    position = self._next = (position + 1) % n
+                    without_start = 0
+                    continue
+            position = (position + 1) % n
+            without_start += 1
+        return started
 
     def drain(self) -> list[T]:
         """Remove and return every queued group (the run gives up)."""
@@ -104,11 +122,23 @@ class FairQueue(Generic[T]):
         for queue in self._by_project.values():
             queue.clear()
         self._count = 0
+        self._idle = len(self._rotation)
         return groups
 
     def _order(self) -> list[Hashable]:
         n = len(self._rotation)
         return [self._rotation[(self._next + i) % n] for i in range(n)]
+
+    def _compact(self) -> None:
+        """Drop projects with nothing queued from the rotation when they
+        are most of it, keeping the order and where the next turn starts."""
+        if self._idle * 2 <= len(self._rotation) or not self._rotation:
+            return
+        order = self._order()
+        self._rotation = [p for p in order if self._by_project[p]]
+        self._rotating = set(self._rotation)
+        self._next = 0
+        self._idle = 0
 
 
 @dataclasses.dataclass

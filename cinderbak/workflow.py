@@ -44,8 +44,14 @@ from cinderbak import cloud as cloud_mod
 from cinderbak.checksums import Checksummed, SourceChecksummer
 from cinderbak.cloud import API_ERRORS, Cloud, NoRoleInProject
 from cinderbak.consistency import SourceSnapshotObserver
-from cinderbak.discovery import Problem, Target
-from cinderbak.journal import Journal, states, steps
+from cinderbak.discovery import (
+    FreezeGroup,
+    Problem,
+    Target,
+    freeze_groups,
+    freeze_key,
+)
+from cinderbak.journal import Journal, RunHandle, states, steps
 from cinderbak.limits import Limiter, ServerLocks
 from cinderbak.phases import Phase, Verdict
 from cinderbak.policy import Ownership, Policy, TransferMode
@@ -256,24 +262,40 @@ class PolicyRun:
     # -- the run ---------------------------------------------------------
 
     def execute(self, found: Iterable[Target | Problem]) -> list[Outcome]:
-        """Back up every target; return one outcome per volume."""
-        found = list(found)
-        targets = [t for t in found if isinstance(t, Target)]
-        self._trusted = self.journal.known_backups(
-            t.volume_id for t in targets
-        )
+        """Back up every target; return one outcome per volume.
+
+        Targets are grouped into freeze groups (:func:`freeze_groups`),
+        then prepared project by project inside the run's loop: a
+        project's backups start as soon as that project is prepared,
+        while the next ones are read, so the first backup of a slot is
+        requested within seconds whatever the number of volumes.
+        """
         outcomes: list[Outcome] = []
-        queued: list[Job] = []
+        targets: list[Target] = []
         for item in found:
             if isinstance(item, Problem):
                 outcomes.append(report_problem(self.conf, self.cloud, item))
-                continue
-            job_or_outcome = self._prepare(item)
-            if isinstance(job_or_outcome, Outcome):
-                outcomes.append(job_or_outcome)
             else:
-                queued.append(job_or_outcome)
-        return outcomes + self.drive(queued)
+                targets.append(item)
+        if self.policy.ownership is Ownership.SERVICE:
+            # One listing of the service project holds every target's
+            # backups: the journal's view of all of them is needed first.
+            self._trusted = self.journal.known_backups(
+                t.volume_id for t in targets
+            )
+        groups = self.freeze_groups(targets)
+        by_project: dict[str, list[FreezeGroup]] = {}
+        for group in groups:
+            by_project.setdefault(group.project_id, []).append(group)
+        return outcomes + self._run(
+            collections.deque(by_project.values()), [], []
+        )
+
+    def freeze_groups(self, targets: Sequence[Target]) -> list[FreezeGroup]:
+        """The run's work as freeze groups: a server's volumes (one freeze)
+        or one detached volume each. Every grouping of a run's targets
+        happens here, once, before anything is prepared."""
+        return freeze_groups(targets)
 
     def drive(
         self, queued: list[Job], in_flight: list[Job] | None = None
@@ -284,43 +306,58 @@ class PolicyRun:
         in the phase the journal shows). On stop, returns early: what is
         in flight stays in the journal.
         """
+        return self._run(collections.deque(), queued, list(in_flight or []))
+
+    def _run(
+        self,
+        unprepared: collections.deque[list[FreezeGroup]],
+        queued: list[Job],
+        in_flight: list[Job],
+    ) -> list[Outcome]:
         try:
-            return self._drive(queued, list(in_flight or []))
+            return self._drive(unprepared, queued, in_flight)
         finally:
             if self._checksums is not None:
                 self._checksums.shutdown(wait=True, cancel_futures=True)
                 self._checksums = None
 
-    def _drive(self, queued: list[Job], in_flight: list[Job]) -> list[Outcome]:
+    def _drive(
+        self,
+        unprepared: collections.deque[list[FreezeGroup]],
+        queued: list[Job],
+        in_flight: list[Job],
+    ) -> list[Outcome]:
         queue: runplan.FairQueue[list[Job]] = runplan.FairQueue()
-        for group in consistency.group_by(queued, _freeze_key):
-            queue.add(group[0].target.project_id, group, len(group))
-        if queue:
-            self._size_capacity()
+        for jobs in consistency.group_by(queued, _freeze_key):
+            queue.add(jobs[0].target.project_id, jobs, len(jobs))
         outcomes: list[Outcome] = []
         while not self.stop.is_set():
             self._collect(in_flight, outcomes)
-            if not queue and not in_flight:
+            if not queue and not in_flight and not unprepared:
                 break
+            self._prepare_some(unprepared, queue, outcomes, in_flight)
+            if queue and self.capacity is None:
+                self._size_capacity()
             if queue and self.gave_up is None:
                 self._start(queue, in_flight)
             if self.gave_up is not None and queue:
                 self._fail_queued(queue, outcomes)
             self._collect(in_flight, outcomes)
-            if not in_flight and not queue:
+            if not in_flight and not queue and not unprepared:
                 break
-            self._pause(in_flight)
+            if not unprepared:
+                self._pause(in_flight)
             if self.stop.is_set():
                 break
             self._take_checksums(in_flight)
             if self.clock() < self._last_poll + self.conf.poll_interval:
-                continue  # woken by a checksum: Cinder is polled on time
+                continue  # woken early, or preparing: Cinder polled on time
             self._last_poll = self.clock()
             self._observe(in_flight)
             self._watch_backup_service(in_flight)
             if self.gave_up is not None:
                 self._leave_to_recovery(in_flight, outcomes)
-        if self.stop.is_set() and (queue or in_flight):
+        if self.stop.is_set() and (queue or in_flight or unprepared):
             LOG.info(
                 "run %s: stopping; %d jobs in flight stay in the journal "
                 "for the next start, %d queued are not started",
@@ -328,8 +365,55 @@ class PolicyRun:
                 len(in_flight),
                 len(queue),
             )
-            self._unstarted(queue)
+            self._unstarted(queue, unprepared)
         return outcomes
+
+    def _prepare_some(
+        self,
+        unprepared: collections.deque[list[FreezeGroup]],
+        queue: runplan.FairQueue[list[Job]],
+        outcomes: list[Outcome],
+        in_flight: Sequence[Job],
+    ) -> None:
+        """Prepare projects, one at a time, until there is work queued
+        beyond the free capacity and the next poll is due: starting and
+        polling never wait for the rest of the region to be read."""
+        while unprepared and not self.stop.is_set():
+            self._prepare_project(unprepared.popleft(), queue, outcomes)
+            ceiling = self.capacity.current if self.capacity else 1
+            busy = len(queue) + len(in_flight) > ceiling
+            if busy and self.clock() >= self._last_poll + (
+                self.conf.poll_interval
+            ):
+                return
+            if busy and len(queue) > ceiling:
+                return
+
+    def _prepare_project(
+        self,
+        groups: list[FreezeGroup],
+        queue: runplan.FairQueue[list[Job]],
+        outcomes: list[Outcome],
+    ) -> None:
+        """Prepare every volume of one project and queue its groups; the
+        project's history is read once and dropped after."""
+        if self.policy.ownership is Ownership.PROJECT:
+            # The project's backups are read now, for its volumes only.
+            self._trusted = self.journal.known_backups(
+                t.volume_id for g in groups for t in g.targets
+            )
+        for group in groups:
+            jobs: list[Job] = []
+            for target in group.targets:
+                job_or_outcome = self._prepare(target)
+                if isinstance(job_or_outcome, Outcome):
+                    outcomes.append(job_or_outcome)
+                else:
+                    jobs.append(job_or_outcome)
+            if jobs:
+                queue.add(group.project_id, jobs, len(jobs))
+        if self.policy.ownership is Ownership.PROJECT:
+            self._histories.pop(groups[0].project_id, None)
 
     def _collect(self, in_flight: list[Job], outcomes: list[Outcome]) -> None:
         """Finish every job whose outcome is known and whose cleanup is
@@ -350,16 +434,7 @@ class PolicyRun:
 
     def _prepare(self, target: Target) -> Job | Outcome:
         policy = self.policy
-        run = self.journal.begin_run(
-            policy.name,
-            target.volume_id,
-            self.scheduled_at,
-            project_id=target.project_id,
-            attrs={
-                "transfer_mode": policy.transfer_mode.value,
-                "ownership": policy.ownership.value,
-            },
-        )
+        run = self._begin_run(target)
         if run.is_final or run.state is not states.PENDING:
             # Done already, or a worker or recovery holds it: never twice.
             return self._outcome(
@@ -662,10 +737,34 @@ class PolicyRun:
                 finally:
                     self.server_locks.release(server, self.run_label)
 
-    def _unstarted(self, queue: runplan.FairQueue[list[Job]]) -> None:
+    def _unstarted(
+        self,
+        queue: runplan.FairQueue[list[Job]],
+        unprepared: collections.deque[list[FreezeGroup]],
+    ) -> None:
         """A stop came before these started: their runs stay PENDING and
-        start-up records them as missed."""
+        start-up records them as missed. Volumes not prepared yet get
+        their PENDING run now, so the slot's record is whole."""
         queue.drain()
+        for groups in unprepared:
+            for group in groups:
+                for target in group.targets:
+                    self._begin_run(target)
+        unprepared.clear()
+
+    def _begin_run(self, target: Target) -> RunHandle:
+        """The volume's run of this slot in the journal (created PENDING,
+        or the one already there)."""
+        return self.journal.begin_run(
+            self.policy.name,
+            target.volume_id,
+            self.scheduled_at,
+            project_id=target.project_id,
+            attrs={
+                "transfer_mode": self.policy.transfer_mode.value,
+                "ownership": self.policy.ownership.value,
+            },
+        )
 
     def _request_copy(self, job: Job) -> None:
         """Ask Cinder for the point-in-time copy: snapshot or backup."""
@@ -1426,10 +1525,7 @@ def report_problem(
 
 def _freeze_key(job: Job) -> tuple[str, str] | None:
     """Volumes of one server under one policy share a freeze."""
-    target = job.target
-    if not target.attachments:
-        return None
-    return (target.project_id, target.attachments[0].server_id)
+    return freeze_key(job.target)
 
 
 _STRICTNESS = (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+from collections.abc import Iterator
+from typing import Any
 
 from cinderbak import expiry
 from cinderbak.cmd.base import PolicyLister, Table
@@ -13,8 +15,11 @@ class Plan(PolicyLister):
     """Show the retention plan: one row per backup, with every reason.
 
     Reads only: nothing is deleted and nothing is written to the journal.
-    Deletions beyond [expiry] max_deletions_per_pass show as deferred,
-    exactly as `cinderbak expire` would leave them.
+    Deletions beyond what a pass makes (sized from the backlog, see
+    [expiry] catch_up_passes) show as deferred, exactly as `cinderbak
+    expire` would leave them. Rows are printed project by project as each
+    is read and planned, so memory stays flat at any region size (except
+    with the table format, which needs every row to size its columns).
     """
 
     verb = "plan"
@@ -34,14 +39,22 @@ class Plan(PolicyLister):
         parts = self.parts()
         policies = expiry.select_policies(parts.policies, parsed_args.policy)
         now = datetime.datetime.now(datetime.UTC)
-        rows: list[expiry.ExpiryRow] = []
-        for policy in policies:
-            plans, problems = expiry.plan_policy(
-                parts, policy, now, volume_ids=set(parsed_args.volume)
-            )
-            rows.extend(problems)
-            for plan in plans:
-                rows.extend(plan.rows())
-        self.exit_code = 1 if any(row.failed for row in rows) else 0
         columns = expiry.PLAN_COLUMNS
-        return columns, [row.row(columns) for row in rows]
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            for policy in policies:
+                for item in expiry.iter_plans(
+                    parts, policy, now, volume_ids=set(parsed_args.volume)
+                ):
+                    found = (
+                        [item]
+                        if isinstance(item, expiry.ExpiryRow)
+                        else item.rows()
+                    )
+                    for row in found:
+                        if row.failed:
+                            self.exit_code = 1
+                        yield row.row(columns)
+
+        self.exit_code = 0
+        return columns, rows()

@@ -37,7 +37,7 @@ def test_escaped_text_is_printable_and_printable_text_is_unchanged(text):
 
 
 def test_table_cells_escaped_numbers_kept():
-    rows = escape.escape_rows([("v\x1b[2J", 3, None, 1.5)])
+    rows = list(escape.escape_rows([("v\x1b[2J", 3, None, 1.5)]))
     assert rows == [("v\\x1b[2J", 3, None, 1.5)]
 
 

@@ -25,6 +25,7 @@ from cinderbak.retention import (
     BackupInfo,
     Retention,
     infer_parents,
+    nothing_to_delete,
     plan,
 )
 
@@ -344,6 +345,23 @@ def test_planning_the_kept_set_again_deletes_nothing(
     kept = [b for b in backups if b.id in set(first.keep_ids)]
     again = plan(kept, retention, now, volume_exists=volume_exists)
     assert again.delete_ids == ()
+
+
+@PROFILE
+@given(HISTORIES, retentions(), st.booleans())
+def test_a_volume_skipped_as_having_nothing_to_delete_has_nothing(
+    case, retention, volume_exists
+):
+    EXAMPLES["skip"] += 1
+    backups, now = case
+    if nothing_to_delete(backups, retention, volume_exists=volume_exists):
+        EXAMPLES["skip (nothing to delete)"] += 1
+        assert (
+            plan(
+                backups, retention, now, volume_exists=volume_exists
+            ).delete_ids
+            == ()
+        )
 
 
 @PROFILE

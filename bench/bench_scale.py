@@ -1,0 +1,301 @@
+"""Control-plane cost at region scale, against bench/simcloud.py.
+
+For each size it seeds a simulated Cinder (N volumes in N/20 projects,
+``--history`` backups of ours per volume) and runs cinderbak in a
+subprocess, so CPU and peak RSS are cinderbak's own (``wait4``):
+
+* ``plan``: ``cinderbak plan`` - discovery of the policy's volumes, every
+  owning project's backups read and every volume's retention planned;
+* ``run-once``: one policy run over every volume (``--run-sizes``): wall
+  time, time from start to the first backup requested, CPU ms per
+  completed backup, requests per backup;
+* ``expiry``: ``--days`` simulated days over ``--expiry-volumes``
+  volumes: each day ages every backup by a day, adds the day's backup
+  of every volume (as the policy's run would) and runs the expiry passes
+  of that day (one after the run, plus one per ``expiry_interval``, 4 a
+  day by default); prints the backlog (backups retention no longer
+  keeps, still present) at the end of each day. It must not grow.
+
+    python bench/bench_scale.py [--sizes 1000,10000,50000] \
+        [--run-sizes 1000,10000] [--days 5] [--expiry-volumes 2000]
+
+``--pythonpath DIR`` runs another checkout's cinderbak (e.g. the code
+before a change, ``git archive`` unpacked) with this venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import simcloud  # noqa: E402
+
+POLICY = "bench"
+DEPLOYMENT = "bench"
+PER_PROJECT = 20
+
+
+def config(
+    workdir: pathlib.Path,
+    url: str,
+    *,
+    retention: str,
+    full_every: str,
+    ownership: str,
+) -> pathlib.Path:
+    path = workdir / "cinderbak.conf"
+    path.write_text(
+        textwrap.dedent(f"""\
+        [DEFAULT]
+        deployment_id = {DEPLOYMENT}
+        state_path = {workdir}
+        poll_interval = 0.5
+        [journal]
+        connection = sqlite:///{workdir}/journal.sqlite
+        [service_auth]
+        auth_type = password
+        auth_url = {url}/identity/v3
+        username = cinderbak
+        password = bench
+        project_name = service
+        user_domain_name = Default
+        project_domain_name = Default
+        [expiry]
+        max_concurrent_deletions = 40
+        [policy:{POLICY}]
+        schedule = every 24h
+        retention = {retention}
+        full_every = {full_every}
+        ownership = {ownership}
+        """)
+    )
+    return path
+
+
+class Measured:
+    """One cinderbak subprocess: wall time, CPU seconds, peak RSS (MB)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        with tempfile.TemporaryFile("w+") as log:
+            self.started = time.time()
+            # Not from the checkout's root: ``-m`` would put it first on
+            # sys.path, before --pythonpath.
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=tempfile.gettempdir(),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+            _pid, status, usage = os.wait4(proc.pid, 0)
+            self.wall = time.time() - self.started
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            log.seek(0)
+            self.stderr = log.read()
+        self.cpu = usage.ru_utime + usage.ru_stime
+        self.rss_mb = usage.ru_maxrss / 1024
+        self.status = proc.returncode
+
+
+def control(url: str, path: str) -> dict:
+    method = "GET" if path == "stats" else "POST"
+    request = urllib.request.Request(f"{url}/_sim/{path}", method=method)
+    with urllib.request.urlopen(request) as answer:  # noqa: S310 - local
+        return json.load(answer)
+
+
+def cinderbak(args: argparse.Namespace, conf: pathlib.Path, *cmd: str):
+    env = dict(os.environ)
+    if args.pythonpath:
+        env["PYTHONPATH"] = args.pythonpath
+    argv = [
+        sys.executable,
+        "-m",
+        "cinderbak.cmd.cli",
+        "--config-file",
+        str(conf),
+        *cmd,
+    ]
+    measured = Measured(argv, env)
+    if measured.status not in (0, 1):
+        sys.stderr.write(measured.stderr[-3000:])
+        raise SystemExit(f"cinderbak {' '.join(cmd)}: exit {measured.status}")
+    return measured
+
+
+def sim_args(
+    args: argparse.Namespace, volumes: int, **extra
+) -> argparse.Namespace:
+    values = simcloud.parser().parse_args([])
+    values.port = args.port
+    values.volumes = volumes
+    values.projects = max(1, volumes // PER_PROJECT)
+    values.history = args.history
+    values.full_every = args.sim_full_every
+    values.policy = POLICY
+    values.deployment_id = DEPLOYMENT
+    values.ownership = args.ownership
+    values.backup_seconds = args.backup_seconds
+    values.services = args.services
+    for key, value in extra.items():
+        setattr(values, key, value)
+    return values
+
+
+def requests_total(stats: dict) -> int:
+    return sum(
+        n for name, n in stats["requests"].items() if "/_sim/" not in name
+    )
+
+
+def bench_size(args: argparse.Namespace, volumes: int, run: bool) -> None:
+    sim = simcloud.start(sim_args(args, volumes))
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+            conf = config(
+                pathlib.Path(tmp),
+                sim.url,
+                retention=args.retention,
+                full_every=args.full_every,
+                ownership=args.ownership,
+            )
+            control(sim.url, "reset-stats")
+            plan = cinderbak(args, conf, "plan", "-f", "value")
+            stats = control(sim.url, "stats")
+            print(
+                f"plan      {volumes:>6} volumes: {plan.cpu:7.1f} CPU s, "
+                f"{plan.rss_mb:6.0f} MB peak RSS, {plan.wall:7.1f} s wall, "
+                f"{requests_total(stats)} requests",
+                flush=True,
+            )
+            if not run:
+                return
+            control(sim.url, "reset-stats")
+            once = cinderbak(
+                args, conf, "run-once", "--no-audit", "-f", "value"
+            )
+            stats = control(sim.url, "stats")
+            made = stats["created"].get("backups", 0)
+            first = stats["first_create"].get("backups")
+            to_first = "-" if first is None else f"{first - once.started:.1f}"
+            per_backup_ms = 1000 * once.cpu / made if made else float("nan")
+            print(
+                f"run-once  {volumes:>6} volumes: {once.cpu:7.1f} CPU s, "
+                f"{once.rss_mb:6.0f} MB peak RSS, {once.wall:7.1f} s wall, "
+                f"first backup requested after {to_first} s, "
+                f"{made} backups, {per_backup_ms:.1f} CPU ms per backup, "
+                f"{requests_total(stats) / max(made, 1):.2f} requests per "
+                "backup",
+                flush=True,
+            )
+            if args.verbose:
+                print(json.dumps(stats["requests"], indent=1, sort_keys=True))
+    finally:
+        sim.stop()
+
+
+def bench_expiry(args: argparse.Namespace) -> None:
+    keep = int(args.expiry_retention.split("=")[1])
+    sim = simcloud.start(
+        sim_args(args, args.expiry_volumes, full_every=1, history=args.history)
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-expiry-") as tmp:
+            conf = config(
+                pathlib.Path(tmp),
+                sim.url,
+                retention=args.expiry_retention,
+                full_every="1",
+                ownership=args.ownership,
+            )
+
+            def backlog() -> int:
+                stats = control(sim.url, "stats")
+                present = sum(stats["resources"]["backups"].values())
+                return present - keep * args.expiry_volumes
+
+            print(
+                f"expiry over {args.expiry_volumes} volumes, "
+                f"{args.expiry_retention}, one full backup a day each, "
+                f"{args.passes} passes a day; backlog at start "
+                f"{backlog()}",
+                flush=True,
+            )
+            for day in range(1, args.days + 1):
+                control(sim.url, "age?days=1")
+                owner = "&owner=service" if args.ownership == "service" else ""
+                made = control(
+                    sim.url,
+                    f"daily-backups?policy={POLICY}&deployment_id="
+                    f"{DEPLOYMENT}&incremental=0{owner}",
+                )["created"]
+                control(sim.url, "reset-stats")
+                cpu = wall = 0.0
+                for _ in range(args.passes):
+                    measured = cinderbak(args, conf, "expire", "-f", "value")
+                    cpu += measured.cpu
+                    wall += measured.wall
+                stats = control(sim.url, "stats")
+                deletes = stats["requests"].get("DELETE /backups/{id}", 0)
+                print(
+                    f"day {day}: {made} created, {deletes} deleted, backlog "
+                    f"{backlog()}; {cpu:.1f} CPU s, {wall:.0f} s wall, "
+                    f"{requests_total(stats) / max(deletes, 1):.2f} requests "
+                    "per deletion",
+                    flush=True,
+                )
+                if args.verbose:
+                    print(
+                        json.dumps(stats["requests"], indent=1, sort_keys=True)
+                    )
+    finally:
+        sim.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1000,10000,50000")
+    parser.add_argument("--run-sizes", default="1000,10000")
+    parser.add_argument("--history", type=int, default=10)
+    parser.add_argument("--sim-full-every", type=int, default=7)
+    parser.add_argument("--retention", default="last=7")
+    parser.add_argument("--full-every", default="6")
+    parser.add_argument(
+        "--ownership", choices=("project", "service"), default="project"
+    )
+    parser.add_argument("--backup-seconds", type=float, default=1.0)
+    parser.add_argument("--services", type=int, default=20)
+    parser.add_argument("--days", type=int, default=5)
+    parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--expiry-volumes", type=int, default=2000)
+    parser.add_argument("--expiry-retention", default="last=7")
+    parser.add_argument("--port", type=int, default=19960)
+    parser.add_argument("--pythonpath", help="run cinderbak from here")
+    parser.add_argument(
+        "--only", choices=("plan", "run", "expiry"), help="one part"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+    if args.only != "expiry":
+        runs = {int(n) for n in args.run_sizes.split(",") if n}
+        for size in (int(n) for n in args.sizes.split(",") if n):
+            bench_size(args, size, run=size in runs and args.only != "plan")
+    if args.only in (None, "expiry"):
+        bench_expiry(args)
+
+
+if __name__ == "__main__":
+    main()

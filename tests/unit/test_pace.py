@@ -1,0 +1,105 @@
+"""Expiry keeps pace: deletions per pass sized from the backlog."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cinderbak import pace
+
+
+def test_a_small_backlog_clears_in_one_pass():
+    assert pace.pass_budget(30, floor=50, spread=4) == 30
+    assert pace.pass_budget(0, floor=50, spread=4) == 0
+
+
+def test_a_large_backlog_is_spread_over_passes():
+    assert pace.pass_budget(10_000, floor=50, spread=4) == 2_500
+    assert pace.pass_budget(10_001, floor=50, spread=4) == 2_501
+
+
+def test_the_operators_cap_bounds_every_pass():
+    assert pace.pass_budget(10_000, floor=50, spread=4, cap=300) == 300
+
+
+def test_nonsense_is_refused_by_name():
+    with pytest.raises(ValueError, match="spread 0"):
+        pace.pass_budget(1, floor=1, spread=0)
+    with pytest.raises(ValueError, match="backlog -1"):
+        pace.pass_budget(-1, floor=1, spread=1)
+
+
+def days(
+    created: int, passes: int, start: int, n: int, *, floor: int, spread: int
+) -> list[tuple[int, int]]:
+    """(deleted that day, backlog at the end of it) over ``n`` days: each
+    day the policies create ``created`` backups that expire, then
+    ``passes`` passes each delete their budget."""
+    backlog, out = start, []
+    for _ in range(n):
+        backlog += created
+        deleted = 0
+        for _ in range(passes):
+            budget = pace.pass_budget(backlog, floor=floor, spread=spread)
+            deleted += budget
+            backlog -= budget
+        out.append((deleted, backlog))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    created=st.integers(0, 60_000),
+    passes=st.integers(1, 24),
+    start=st.integers(0, 500_000),
+    floor=st.integers(1, 500),
+    spread=st.integers(1, 12),
+)
+def test_the_backlog_never_grows_past_its_steady_bound(
+    created, passes, start, floor, spread
+):
+    bound = max(start, (spread - 1) * created)
+    for _deleted, backlog in days(
+        created, passes, start, 40, floor=floor, spread=spread
+    ):
+        assert 0 <= backlog <= bound
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    created=st.integers(1, 60_000),
+    passes=st.integers(1, 24),
+    floor=st.integers(1, 500),
+    spread=st.integers(1, 12),
+)
+def test_in_steady_state_a_day_deletes_what_a_day_creates(
+    created, passes, floor, spread
+):
+    history = days(created, passes, 0, 200, floor=floor, spread=spread)
+    # Once settled, the backlog repeats and each day deletes exactly what
+    # the policies created that day.
+    tail = history[-20:]
+    assert all(deleted == created for deleted, _ in tail[1:])
+    assert len({backlog for _, backlog in tail}) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    dues=st.lists(st.integers(0, 40), max_size=200),
+    floor=st.integers(0, 100),
+    spread=st.integers(1, 8),
+    cap=st.integers(0, 300),
+)
+def test_deciding_volume_by_volume_grants_the_whole_passes_budget(
+    dues, floor, spread, cap
+):
+    seen = used = 0
+    for due in dues:
+        granted = pace.allowance(
+            seen, used, due, floor=floor, spread=spread, cap=cap
+        )
+        assert 0 <= granted <= due
+        seen += due
+        used += granted
+    assert used == pace.pass_budget(seen, floor=floor, spread=spread, cap=cap)
