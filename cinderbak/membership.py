@@ -41,6 +41,9 @@ class View:
 
     healthy_since: float | None = None
     absent_since: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    # Hosts this member has seen in its group, and hosts that had work in
+    # flight at its first look: the only ones it may ever take over.
+    known: frozenset[str] = frozenset()
 
 
 def observe(
@@ -57,28 +60,37 @@ def observe(
     our own health (we may have lost our membership meanwhile).
     """
     if members is None or me not in members:
-        return View(None, {})
+        return View(None, {}, view.known)
+    working = set(hosts_with_work)
+    known = view.known | members
+    if not view.known:
+        # The first look: work left by daemons gone before we started.
+        known |= working
     healthy_since = (
         view.healthy_since if view.healthy_since is not None else now
     )
     absent = {
         host: view.absent_since.get(host, now)
-        for host in set(hosts_with_work)
-        if host not in members and host != me
+        for host in working
+        if host not in members and host != me and host in known
     }
-    return View(healthy_since, absent)
+    return View(healthy_since, absent, frozenset(known))
 
 
 def due_for_takeover(view: View, now: float, lease: float) -> list[str]:
     """Hosts whose work this member should take over now.
 
     A host is due once it is missing from the group while this member
-    has been a healthy member for at least one lease. The lease is how
-    long a crashed member's key outlives it, so in steady state a dead
-    member is taken over as soon as its key expires. Right after an
-    outage of the backend every member rejoins anew; waiting one lease of
-    our own health first gives the others time to rejoin, so a live
-    member is not taken for dead.
+    has been a healthy member for at least one lease. Only hosts this
+    member has seen in its group, or found with work in flight at its
+    first look, are ever due: a daemon configured with another group
+    name, sharing the journal by mistake, is not taken for dead.
+
+    The lease is how long a crashed member's key outlives it, so in
+    steady state a dead member is taken over as soon as its key expires.
+    Right after an outage of the backend every member rejoins anew;
+    waiting one lease of our own health first gives the others time to
+    rejoin, so a live member is not taken for dead.
     """
     if view.healthy_since is None or now - view.healthy_since < lease:
         return []

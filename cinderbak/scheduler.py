@@ -1085,7 +1085,10 @@ class Daemon:
                         is_slot_target(record.target)
                         and not self.stop.is_set()
                     ):
-                        self._settle_taken_slot(record)
+                        try:
+                            self._settle_taken_slot(record)
+                        except InvalidTransition:
+                            continue  # settled meanwhile by someone else
                 LOG.warning(
                     "takeover of %s done: %d guests thawed, %d runs settled",
                     host,
@@ -1105,7 +1108,10 @@ class Daemon:
         if known is not None and late <= known.misfire_grace_time:
             journal = self.parts.journal
             if record.state is states.PENDING:
-                journal.start_run(record.id)
+                try:
+                    journal.start_run(record.id)
+                except InvalidTransition:
+                    return  # settled meanwhile (by its own start-up)
             LOG.info(
                 "takeover: policy %s, slot %s: backing up the volumes of "
                 "%s's share that nobody began",

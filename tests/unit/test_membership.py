@@ -45,7 +45,7 @@ def test_right_after_we_rejoin_nobody_is_judged_dead() -> None:
 def test_no_answer_from_the_backend_is_no_evidence() -> None:
     view = observe(View(), 0.0, "a", frozenset({"a"}), [])
     view = observe(view, 50.0, "a", None, ["b"])
-    assert view == View()
+    assert view.healthy_since is None and not view.absent_since
     assert due_for_takeover(view, 500.0, LEASE) == []
 
 
@@ -90,3 +90,19 @@ def test_never_ourselves_never_a_member_never_while_unhealthy(
             assert set(due) <= with_work
             assert view.healthy_since is not None
             assert now - view.healthy_since >= LEASE or due == []
+
+
+def test_a_daemon_of_another_group_is_never_taken_for_dead() -> None:
+    # Same journal, another group name (a mistyped configuration): its
+    # runs appear after we started and it is never in our group.
+    view = observe(View(), 0.0, "a", frozenset({"a"}), [])
+    view = observe(view, 100.0, "a", frozenset({"a"}), ["stranger"])
+    assert due_for_takeover(view, 200.0, LEASE) == []
+
+
+def test_work_left_before_we_started_is_taken_over() -> None:
+    # A host that died while no daemon watched: its runs are in flight at
+    # our first look, and it never comes back.
+    view = observe(View(), 0.0, "a", frozenset({"a"}), ["gone"])
+    view = observe(view, 40.0, "a", frozenset({"a"}), ["gone"])
+    assert due_for_takeover(view, 40.0, LEASE) == ["gone"]
