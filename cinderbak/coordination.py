@@ -2,7 +2,7 @@
 
 Without ``[coordination] backend_url`` a daemon works alone (``Solo``):
 it owns every freeze group and leads. With it, every daemon joins one
-tooz group through a partitioned join, and tooz's consistent hash ring
+tooz group, and a consistent hash ring (tooz's, rebuilt from the membership)
 gives each server's freeze group (or detached volume) to exactly one
 member. The ring can briefly differ between members while one joins or
 leaves; the journal's unique run per (policy, volume, slot) keeps that
@@ -194,7 +194,7 @@ class Group:
         self._clock = clock
         self._lock = threading.Lock()
         self._coordinator: Any = None
-        self._partitioner: Any = None
+        self._ring: Any = None
         self._members: frozenset[str] = frozenset({member_id})
         self._view = membership.View()
 
@@ -208,8 +208,11 @@ class Group:
         coordinator.start(start_heart=True)
         self._coordinator = coordinator
         if self.daemon:
-            self._partitioner = coordinator.join_partitioned_group(self.group)
+            coordinator.join_group_create(
+                self.group, capabilities={"weight": 1}
+            )
             self._members = self._read_members(self.group) or self._members
+            self._set_ring(self._members)
         else:
             coordinator.join_group_create(self.cli_group)
         LOG.info(
@@ -220,13 +223,24 @@ class Group:
             ", ".join(sorted(self._members)),
         )
 
+    def _set_ring(self, members: frozenset[str]) -> None:
+        """tooz's consistent hash ring over the members we see. Rebuilt
+        from the membership itself at every look, rather than from join
+        and leave events: a member that misses an event would keep a
+        ring the others do not have."""
+        from tooz import hashring
+
+        with self._lock:
+            self._ring = hashring.HashRing(sorted(m.encode() for m in members))
+
     def owns(self, key: str) -> bool:
         """Whether this daemon does the work keyed ``key`` (see
         :func:`cinderbak.membership.partition_key`)."""
-        if self._partitioner is None:
+        if self._ring is None:
             return not self.daemon
         with self._lock:
-            return bool(self._partitioner.belongs_to_self(key))
+            nodes = self._ring.get_nodes(key.encode())
+        return self.member_id.encode() in nodes
 
     def is_leader(self) -> bool:
         return (
@@ -265,8 +279,6 @@ class Group:
         from tooz import coordination as tooz_coordination
 
         try:
-            with self._lock:
-                self._coordinator.run_watchers()
             members = self._read_members(self.group)
             if members is None:
                 return None
@@ -283,8 +295,6 @@ class Group:
                     ).get()
                 except tooz_coordination.MemberAlreadyExist:
                     pass
-                with self._lock:
-                    self._coordinator.run_watchers()
                 members = self._read_members(self.group)
         except tooz_coordination.ToozError as exc:
             LOG.warning("coordination: cannot read the group: %s", exc)
@@ -293,7 +303,9 @@ class Group:
             LOG.info(
                 "coordination: members now %s", ", ".join(sorted(members))
             )
-        if members is not None:
+        if members is not None and members:
+            if members != self._members:
+                self._set_ring(members)
             self._members = members
         return members
 
@@ -333,10 +345,8 @@ class Group:
         if self._coordinator is None:
             return
         with contextlib.suppress(Exception):
-            if self._partitioner is not None:
-                self._coordinator.leave_partitioned_group(self._partitioner)
-            else:
-                self._coordinator.leave_group(self.cli_group).get()
+            group = self.group if self.daemon else self.cli_group
+            self._coordinator.leave_group(group).get()
         with contextlib.suppress(Exception):
             self._coordinator.stop()
         self._coordinator = None

@@ -51,7 +51,13 @@ from cinderbak.discovery import (
     freeze_groups,
     freeze_key,
 )
-from cinderbak.journal import Journal, RunHandle, states, steps
+from cinderbak.journal import (
+    InvalidTransition,
+    Journal,
+    RunHandle,
+    states,
+    steps,
+)
 from cinderbak.limits import Limiter, ServerLocks
 from cinderbak.phases import Phase, Verdict
 from cinderbak.policy import Ownership, Policy, TransferMode
@@ -232,6 +238,9 @@ class PolicyRun:
             collections.Counter()
         )
         self._trusted: dict[str, set[str]] = {}
+        # Outcomes of runs another daemon claimed between our preparing
+        # and our starting them (never acted on, never finished by us).
+        self._taken: list[Outcome] = []
         # Per tenant project, (backups, GiB) it holds in the service
         # project, counted once per run (ownership = service only).
         self._tenant_usage: dict[str, tuple[int, int]] | None = None
@@ -315,7 +324,7 @@ class PolicyRun:
         in_flight: list[Job],
     ) -> list[Outcome]:
         try:
-            return self._drive(unprepared, queued, in_flight)
+            return self._drive(unprepared, queued, in_flight) + self._taken
         finally:
             if self._checksums is not None:
                 self._checksums.shutdown(wait=True, cancel_futures=True)
@@ -717,12 +726,32 @@ class PolicyRun:
                 self.server_locks.release(server, self.run_label)
             return False
 
-        for _project, group in queue.take(fits):
-            for job in group:
-                job.holds_slot = True
+        for _project, taken_group in queue.take(fits):
+            group = []
+            for job in taken_group:
                 job.started = self.clock()
-                self.journal.start_run(job.run_id)
+                try:
+                    self.journal.start_run(job.run_id)
+                except InvalidTransition:
+                    # Another daemon claimed this volume's run since it was
+                    # prepared (the ring changed under us): it is theirs.
+                    self.limiter.release(job.target.project_id, zone)
+                    self._taken.append(
+                        self._outcome(
+                            job.target,
+                            "skipped",
+                            error="another daemon has this volume's run",
+                        )
+                    )
+                    continue
+                job.holds_slot = True
+                group.append(job)
                 in_flight.append(job)
+            if not group:
+                server = taken_group[0].server_id
+                if server and _freeze_key(taken_group[0]):
+                    self.server_locks.release(server, self.run_label)
+                continue
             if _freeze_key(group[0]) is None:
                 for job in group:
                     job.notes.append(
