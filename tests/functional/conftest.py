@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -15,6 +16,7 @@ import uuid
 import openstack
 import oslo_messaging
 import pytest
+import sqlalchemy as sa
 from oslo_config import cfg
 
 from tests import localstack
@@ -266,3 +268,23 @@ def consumer(stack):
     listener.stop()
     listener.wait()
     transport.cleanup()
+
+
+@contextlib.contextmanager
+def pg_schema_url(base: str, prefix: str):
+    """A URL on the PostgreSQL at ``base`` whose connections use a schema
+    of their own, dropped afterwards: a journal no other test sees."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield (
+            sa.make_url(base)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()

@@ -40,6 +40,7 @@ from cinderbak.journal import (
     steps,
 )
 from cinderbak.journal.migrations import VERSION_TABLE
+from tests.functional.conftest import pg_schema_url
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
@@ -80,18 +81,8 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'journal.sqlite'}"
         return
     assert PG_URL
-    schema = f"journal_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    yield (
-        sa.make_url(PG_URL)
-        .update_query_dict({"options": f"-csearch_path={schema}"})
-        .render_as_string(hide_password=False)
-    )
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    admin.dispose()
+    with pg_schema_url(PG_URL, "journal_test") as pg_url:
+        yield pg_url
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import uuid
 
 import libvirt
 import pytest
-import sqlalchemy as sa
 import yaml
 from tooz import hashring
 
@@ -30,7 +29,7 @@ from cinderbak.journal import Journal, states, steps
 from cinderbak.workflow import resource_name
 from tests import tinyguest as tg
 from tests.faultproxy import FaultProxy
-from tests.functional.conftest import config_text
+from tests.functional.conftest import config_text, pg_schema_url
 from tests.functional.test_daemon import Daemons, wait_until
 from tests.functional.test_run_once import attach_to_server
 
@@ -53,19 +52,8 @@ DOMAIN = """<domain type='test'>
 @pytest.fixture
 def pg_journal():
     """A journal URL on the stack's PostgreSQL, in a schema of its own."""
-    base = os.environ["JOURNAL_TEST_PG_URL"]
-    schema = f"several_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    yield (
-        sa.make_url(base)
-        .update_query_dict({"options": f"-csearch_path={schema}"})
-        .render_as_string(hide_password=False)
-    )
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    admin.dispose()
+    with pg_schema_url(os.environ["JOURNAL_TEST_PG_URL"], "several") as url:
+        yield url
 
 
 @pytest.fixture
@@ -237,6 +225,17 @@ def _backups_of_slot(admin, volume_id, policy, slot) -> list[str]:
     ]
 
 
+def _wait_settled(journal, policy, slot, volumes, timeout, what) -> None:
+    """Wait until every run of the slot is final and every volume has
+    one (finished or reported)."""
+
+    def settled() -> bool:
+        runs = _slot_runs(journal, policy, slot)
+        return _final(runs) and {r.target for r in runs} >= volumes
+
+    wait_until(settled, timeout, what, interval=1)
+
+
 def _final(runs) -> bool:
     return bool(runs) and all(r.is_final for r in runs)
 
@@ -364,19 +363,8 @@ def test_three_daemons_share_slots_and_a_survivor_thaws_a_killed_ones_guest(
             f"thawed by a survivor after {took:.1f} s (lease {LEASE} s)"
         )
         second = journal.get_run(frozen[0].run_id).scheduled_at
-        wait_until(
-            lambda: (
-                _final(_slot_runs(journal, policy, second))
-                and {
-                    r.target
-                    for r in _slot_runs(journal, policy, second)
-                    if r.target in every_volume
-                }
-                == every_volume
-            ),
-            300,
-            "slot 2 finished or reported",
-            interval=1,
+        _wait_settled(
+            journal, policy, second, every_volume, 300, "slot 2 settled"
         )
         runs = _slot_runs(journal, policy, second)
         by_volume = collections.Counter(
@@ -504,19 +492,8 @@ def test_the_coordination_backend_away_during_a_slot(
         150,
         "the next slot",
     )
-    wait_until(
-        lambda: (
-            _final(_slot_runs(journal, policy, second))
-            and {
-                r.target
-                for r in _slot_runs(journal, policy, second)
-                if r.target in every_volume
-            }
-            == every_volume
-        ),
-        240,
-        "the next slot settled",
-        interval=1,
+    _wait_settled(
+        journal, policy, second, every_volume, 240, "the next slot settled"
     )
     runs = _slot_runs(journal, policy, second)
     assert {r.state for r in runs if r.target in every_volume} == {
