@@ -79,54 +79,79 @@ class Cleanup:
         self.items.append((kind, resource_id))
 
     def run(self) -> None:
+        """Volumes are cleaned together: every volume's backups are deleted
+        in the same rounds (leaves first), so a test with twenty volumes
+        waits for its longest chain, not for the sum of them."""
         storage = self.admin.block_storage
+        volumes: list[str] = []
         for kind, resource_id in reversed(self.items):
+            if kind != "volume":
+                continue
             try:
-                if kind == "volume":
-                    volume = storage.find_volume(
-                        resource_id, ignore_missing=True, all_projects=True
-                    )
-                    if volume is None:
-                        continue
-                    for attachment in storage.attachments(
-                        volume_id=resource_id, all_projects=True
-                    ):
-                        storage.delete_attachment(attachment)
-                    self._delete_backups_of(resource_id)
-                    storage.wait_for_status(
-                        storage.get_volume(resource_id),
-                        status="available",
-                        failures=["error"],
-                        wait=120,
-                    )
-                    storage.delete_volume(resource_id, cascade=True)
-                elif kind == "backup":
-                    storage.delete_backup(resource_id, ignore_missing=True)
+                volume = storage.find_volume(
+                    resource_id, ignore_missing=True, all_projects=True
+                )
+                if volume is None:
+                    continue
+                for attachment in storage.attachments(
+                    volume_id=resource_id, all_projects=True
+                ):
+                    storage.delete_attachment(attachment)
+                volumes.append(resource_id)
             except Exception as exc:  # report, keep cleaning the rest
-                print(f"cleanup of {kind} {resource_id} failed: {exc}")
+                print(f"cleanup of volume {resource_id} failed: {exc}")
+        try:
+            self._delete_backups_of(set(volumes))
+        except Exception as exc:
+            print(f"cleanup of the backups of {len(volumes)} volumes: {exc}")
+        for resource_id in volumes:
+            try:
+                storage.wait_for_status(
+                    storage.get_volume(resource_id),
+                    status="available",
+                    failures=["error"],
+                    wait=120,
+                )
+                storage.delete_volume(resource_id, cascade=True)
+            except Exception as exc:
+                print(f"cleanup of volume {resource_id} failed: {exc}")
+        for kind, resource_id in reversed(self.items):
+            if kind == "backup":
+                try:
+                    storage.delete_backup(resource_id, ignore_missing=True)
+                except Exception as exc:
+                    print(f"cleanup of backup {resource_id} failed: {exc}")
 
-    def _delete_backups_of(self, volume_id: str) -> None:
-        """Delete every backup of a volume, dependents before parents."""
+    def _delete_backups_of(self, volume_ids: set[str]) -> None:
+        """Delete every backup of these volumes, dependents before parents;
+        one listing a round serves every volume."""
+        if not volume_ids:
+            return
         storage = self.admin.block_storage
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            found = list(
-                storage.backups(volume_id=volume_id, all_projects=True)
-            )
+            found = [
+                backup
+                for backup in storage.backups(all_projects=True)
+                if backup.volume_id in volume_ids
+            ]
             if not found:
                 return
-            if any(b.status == "creating" for b in found):
-                # A parent deleted under a child still creating leaves the
-                # child in error for good (its parent is gone).
-                time.sleep(2)
-                continue
+            creating = {b.volume_id for b in found if b.status == "creating"}
             for backup in found:
-                if backup.status in ("available", "error") and not (
-                    backup.has_dependent_backups
+                # A parent deleted under a child still creating leaves the
+                # child in error for good (its parent is gone): a volume
+                # with a backup still creating waits.
+                if (
+                    backup.volume_id not in creating
+                    and backup.status in ("available", "error")
+                    and not backup.has_dependent_backups
                 ):
                     storage.delete_backup(backup, ignore_missing=True)
             time.sleep(2)
-        raise TimeoutError(f"backups of volume {volume_id} not deleted")
+        raise TimeoutError(
+            f"backups of volumes {sorted(volume_ids)} not deleted"
+        )
 
 
 @pytest.fixture
