@@ -530,6 +530,22 @@ def _check_coordination(
                 + ")",
             )
         )
+    lease = _value(fixed, schema, coordination.GROUP, "lease")
+    interval = _value(fixed, schema, coordination.GROUP, "check_interval")
+    if (
+        isinstance(lease, int | float)
+        and isinstance(interval, int | float)
+        and interval * 3 > lease
+    ):
+        problems.append(
+            Problem(
+                coordination.GROUP,
+                "check_interval",
+                f"{interval:g} s is more than a third of lease ({lease:g} "
+                "s): a daemon must beat and look at the group several "
+                f"times per lease; expected at most {lease / 3:g}",
+            )
+        )
     connection = fixed.get("journal", {}).get("connection")
     if connection is None:
         known = schema.groups.get("journal", {}).get("connection")
@@ -546,6 +562,18 @@ def _check_coordination(
             )
         )
     return problems
+
+
+def _value(
+    fixed: Mapping[str, Mapping[str, Any]],
+    schema: Schema,
+    group: str,
+    name: str,
+) -> Any:
+    """An option's value as set, or its default."""
+    if name in fixed.get(group, {}):
+        return fixed[group][name]
+    return getattr(schema.groups.get(group, {}).get(name), "default", None)
 
 
 # -- what changes on reload -------------------------------------------------

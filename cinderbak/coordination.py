@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from oslo_config import cfg
@@ -81,15 +81,17 @@ OPTS = [
         min=5,
         help="Seconds a member stays in the group after its last "
         "heartbeat. A survivor takes over a dead daemon's frozen guests "
-        "and runs within about this long. Passed to drivers that take "
-        "it from the URL (etcd3gw: timeout) unless the URL sets it.",
+        "and runs within about this long, once the daemon is also silent "
+        "in the journal. Passed to drivers that take it from the URL "
+        "(etcd3gw: timeout) unless the URL sets it.",
     ),
     cfg.FloatOpt(
         "check_interval",
         default=5.0,
         min=0.5,
         help="Seconds between looks at the group's membership (joins and "
-        "leaves, rejoining after the backend was away, takeovers).",
+        "leaves, rejoining after the backend was away, takeovers), and "
+        "between heartbeats in the journal. At most a third of lease.",
     ),
 ]
 
@@ -117,7 +119,14 @@ class Membership(Protocol):
 
     def members(self) -> frozenset[str]: ...
 
-    def check(self, hosts_with_work: Iterable[str]) -> list[str]: ...
+    @property
+    def beat_group(self) -> str | None: ...
+
+    def check(
+        self,
+        hosts_with_work: Iterable[str],
+        beats: Mapping[str, int] | None = None,
+    ) -> list[str]: ...
 
     def lock(self, name: str) -> contextlib.AbstractContextManager[bool]: ...
 
@@ -144,7 +153,15 @@ class Solo:
     def members(self) -> frozenset[str]:
         return frozenset({self.member_id})
 
-    def check(self, hosts_with_work: Iterable[str]) -> list[str]:
+    @property
+    def beat_group(self) -> str | None:
+        return None  # alone, nobody reads a heartbeat
+
+    def check(
+        self,
+        hosts_with_work: Iterable[str],
+        beats: Mapping[str, int] | None = None,
+    ) -> list[str]:
         # Alone, a daemon never judges another host dead: its runs are
         # recovered when that host's daemon starts again.
         return []
@@ -188,6 +205,7 @@ class Group:
         self.member_id = member_id
         self.daemon = daemon
         self.lease = float(group.lease)
+        self.check_interval = float(group.check_interval)
         self.group = group.group.encode()
         self.cli_group = (group.group + "-cli").encode()
         self._url = backend_url(group.backend_url, group.lease)
@@ -251,10 +269,25 @@ class Group:
     def members(self) -> frozenset[str]:
         return self._members
 
-    def check(self, hosts_with_work: Iterable[str]) -> list[str]:
+    @property
+    def beat_group(self) -> str | None:
+        """The group this member beats for in the journal (None: a
+        command, which owns no work and is never taken over)."""
+        return self.group.decode() if self.daemon else None
+
+    def check(
+        self,
+        hosts_with_work: Iterable[str],
+        beats: Mapping[str, int] | None = None,
+    ) -> list[str]:
         """Look at the group once: apply joins and leaves to the ring,
         rejoin if our membership lapsed, and return the hosts whose work
-        is due for takeover (see :func:`membership.due_for_takeover`)."""
+        is due for takeover (see :func:`membership.due_for_takeover`).
+
+        ``beats`` are the group's journal heartbeats: a member the
+        backend lost but that still beats keeps its share of the work
+        and is not taken over.
+        """
         if not self.daemon or self._coordinator is None:
             return []
         members = self._look()
@@ -272,8 +305,24 @@ class Group:
             self.member_id,
             members,
             (h for h in hosts_with_work if h not in commands),
+            beats,
+            membership.stale_after(self.lease, self.check_interval),
         )
+        if members is not None:
+            self._share_between(self._view.live)
         return membership.due_for_takeover(self._view, now, self.lease)
+
+    def _share_between(self, live: frozenset[str]) -> None:
+        """The ring over the live members (rebuilt from the membership at
+        every look rather than from join and leave events: a member that
+        missed an event would keep a ring the others do not have)."""
+        if live and live != self._members:
+            LOG.info(
+                "coordination: work now shared between %s",
+                ", ".join(sorted(live)),
+            )
+            self._set_ring(live)
+            self._members = live
 
     def _look(self) -> frozenset[str] | None:
         from tooz import coordination as tooz_coordination
@@ -299,14 +348,6 @@ class Group:
         except tooz_coordination.ToozError as exc:
             LOG.warning("coordination: cannot read the group: %s", exc)
             return None
-        if members is not None and members != self._members:
-            LOG.info(
-                "coordination: members now %s", ", ".join(sorted(members))
-            )
-        if members is not None and members:
-            if members != self._members:
-                self._set_ring(members)
-            self._members = members
         return members
 
     def _read_members(self, group: bytes) -> frozenset[str] | None:

@@ -9,6 +9,7 @@ does the observing and carries the decisions out.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 
 
@@ -44,6 +45,50 @@ class View:
     # Hosts this member has seen in its group, and hosts that had work in
     # flight at its first look: the only ones it may ever take over.
     known: frozenset[str] = frozenset()
+    # Each host's journal beat counter, and when (on our clock) we last
+    # saw it change (None before the first reading).
+    beats: Mapping[str, tuple[int, float]] | None = None
+    # The members work is shared between: the backend's members and the
+    # hosts still beating in the journal.
+    live: frozenset[str] = frozenset()
+
+
+def stale_after(lease: float, check_interval: float) -> float:
+    """How long a journal beat counter may stand still before its host
+    counts as gone: a little less than a lease (so a dead host is taken
+    over about when its backend key expires), but never less than two
+    beats (one beat may be late, its reader looking just before it)."""
+    return max(lease - check_interval, 2 * check_interval)
+
+
+def _track_beats(
+    view: View, now: float, beats: Mapping[str, int] | None
+) -> dict[str, tuple[int, float]] | None:
+    """Only a change is evidence of life. At our first look every
+    counter is just a number (the row of a host that died long ago looks
+    the same as a live one's); from then on a counter that moved, or a
+    row that appeared, is a beat seen now."""
+    if beats is None:
+        return None if view.beats is None else dict(view.beats)
+    tracked: dict[str, tuple[int, float]] = {}
+    for host, count in beats.items():
+        seen = None if view.beats is None else view.beats.get(host, (-1, 0.0))
+        if seen is None:
+            tracked[host] = (count, -math.inf)
+        elif seen[0] == count:
+            tracked[host] = seen
+        else:
+            tracked[host] = (count, now)
+    return tracked
+
+
+def beating(
+    tracked: Mapping[str, tuple[int, float]] | None, now: float, stale: float
+) -> frozenset[str]:
+    """Hosts whose journal beat changed within ``stale`` seconds."""
+    if tracked is None:
+        return frozenset()
+    return frozenset(h for h, (_, t) in tracked.items() if now - t < stale)
 
 
 def observe(
@@ -52,17 +97,27 @@ def observe(
     me: str,
     members: frozenset[str] | None,
     hosts_with_work: Iterable[str],
+    beats: Mapping[str, int] | None = None,
+    stale: float = 0.0,
 ) -> View:
     """The view after one look at the group.
 
     ``members`` is None when the backend did not answer: nobody can be
     judged dead on no evidence, so every absence restarts, and so does
-    our own health (we may have lost our membership meanwhile).
+    our own health (we may have lost our membership meanwhile); the
+    shared-out members stay as they were.
+
+    ``beats`` are the group's journal beat counters. A host still beating
+    is alive even when the backend has lost it (cut off from etcd, but
+    not from Cinder, its guests or the journal): it keeps its share of
+    the work and is never taken over.
     """
+    tracked = _track_beats(view, now, beats)
     if members is None or me not in members:
-        return View(None, {}, view.known)
+        return View(None, {}, view.known, tracked, view.live)
+    alive = members | beating(tracked, now, stale)
     working = set(hosts_with_work)
-    known = view.known | members
+    known = view.known | alive
     if not view.known:
         # The first look: work left by daemons gone before we started.
         known |= working
@@ -72,9 +127,9 @@ def observe(
     absent = {
         host: view.absent_since.get(host, now)
         for host in working
-        if host not in members and host != me and host in known
+        if host not in alive and host != me and host in known
     }
-    return View(healthy_since, absent, frozenset(known))
+    return View(healthy_since, absent, frozenset(known), tracked, alive)
 
 
 def due_for_takeover(view: View, now: float, lease: float) -> list[str]:

@@ -1028,12 +1028,15 @@ class Daemon:
         """Look at the group; take over the work of daemons gone from it."""
         if self.stop.is_set():
             return
+        journal = self.parts.journal
+        group = self.members.beat_group
         try:
-            hosts = self.parts.journal.hosts_with_open_work()
+            beats = journal.beat(group, journal.host) if group else None
+            hosts = journal.hosts_with_open_work()
         except Exception:
             LOG.exception("coordination: cannot read the journal")
             return
-        for host in self.members.check(hosts):
+        for host in self.members.check(hosts, beats):
             key = f"takeover:{host}"
             if self._claim(key, f"takeover of {host}"):
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -64,6 +65,11 @@ class Parts:
 
     def close(self) -> None:
         if self.membership is not None:
+            group = self.membership.beat_group
+            if group is not None:
+                # Leaving on purpose: stop counting as alive at once.
+                with contextlib.suppress(Exception):
+                    self.journal.forget_beat(group, self.journal.host)
             self.membership.close()
         self.quiescer.close()
         if self.volume_cluster is not None:

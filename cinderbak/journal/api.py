@@ -827,6 +827,36 @@ class Journal:
         with self._read() as s:
             return {str(h) for (h,) in s.execute(query)}
 
+    def beat(self, group: str, host: str) -> dict[str, int]:
+        """Count one heartbeat of ``host`` in ``group`` and return every
+        beat counter of the group (see :class:`models.Beat`). One write
+        and one read, every few seconds per daemon."""
+        beat = models.Beat
+        mine = (beat.group == group) & (beat.host == host)
+        with self._writing() as s:
+            bumped = s.execute(
+                sa.update(beat)
+                .where(mine)
+                .values(beats=beat.beats + 1, beat_at=self._now())
+            )
+            if not getattr(bumped, "rowcount", 0):
+                s.add(
+                    beat(group=group, host=host, beats=1, beat_at=self._now())
+                )
+        query = sa.select(beat.host, beat.beats).where(beat.group == group)
+        with self._read() as s:
+            return {str(h): int(n) for h, n in s.execute(query)}
+
+    def forget_beat(self, group: str, host: str) -> None:
+        """A daemon leaving its group on purpose stops beating at once."""
+        beat = models.Beat
+        with self._writing() as s:
+            s.execute(
+                sa.delete(beat).where(
+                    (beat.group == group) & (beat.host == host)
+                )
+            )
+
     def service_backups(self) -> list[tuple[str, str, int]]:
         """(tenant project, backup id, size in GiB) of every backup our
         runs made in the service project (ownership = service): what a

@@ -146,3 +146,25 @@ class Step(Base):
     finished_at: orm.Mapped[datetime.datetime | None]
 
     run: orm.Mapped[Run] = orm.relationship(back_populates="steps")
+
+
+class Beat(Base):
+    """A daemon's heartbeat in the journal, per coordination group.
+
+    A second liveness signal next to the coordination backend's: a
+    daemon cut off from etcd but still working (it reaches Cinder, its
+    guests and this database) keeps beating here, so the others neither
+    take its work over nor share it out. ``beats`` only ever grows;
+    readers judge liveness by whether it changed lately on their own
+    clock, so the hosts' clocks need not agree.
+    """
+
+    __tablename__ = "beats"
+
+    group: orm.Mapped[str] = orm.mapped_column(
+        sa.String(255), primary_key=True
+    )
+    host: orm.Mapped[str] = orm.mapped_column(sa.String(255), primary_key=True)
+    beats: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    # For operators reading the table; not used to judge liveness.
+    beat_at: orm.Mapped[datetime.datetime]

@@ -965,3 +965,13 @@ def test_a_survivor_finds_what_a_dead_daemon_left(url, clock):
     survivor.finish_run(run.id, RunState.FAILED, {"error": "taken over"})
     assert survivor.hosts_with_open_work() == set()
     assert survivor.frozen_servers(host="host-a") == []
+
+
+def test_beats_count_per_group_and_host_and_leaving_forgets(journal):
+    assert journal.beat("g", "d1") == {"d1": 1}
+    assert journal.beat("g", "d2") == {"d1": 1, "d2": 1}
+    assert journal.beat("g", "d1") == {"d1": 2, "d2": 1}
+    # Another group on the same journal is counted apart.
+    assert journal.beat("other", "d1") == {"d1": 1}
+    journal.forget_beat("g", "d1")
+    assert journal.beat("g", "d2") == {"d2": 2}

@@ -321,3 +321,16 @@ def test_several_daemons_need_a_shared_journal_and_a_group_driver():
     assert "no tooz driver with group membership for 'postgresql'" in (
         locks_only
     )
+
+
+def test_a_check_interval_over_a_third_of_the_lease_is_refused():
+    shared = "[journal]\nconnection = postgresql+psycopg://u@db/cinderbak\n"
+    url = "[coordination]\nbackend_url = etcd3+http://etcd:2379\n"
+    assert (
+        lines(GOOD + url + "lease = 30\ncheck_interval = 10\n" + shared) == []
+    )
+    assert lines(GOOD + url + "check_interval = 12\n" + shared) == [
+        "[coordination] check_interval: 12 s is more than a third of lease "
+        "(30 s): a daemon must beat and look at the group several times "
+        "per lease; expected at most 10"
+    ]

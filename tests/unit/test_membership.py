@@ -106,3 +106,100 @@ def test_work_left_before_we_started_is_taken_over() -> None:
     view = observe(View(), 0.0, "a", frozenset({"a"}), ["gone"])
     view = observe(view, 40.0, "a", frozenset({"a"}), ["gone"])
     assert due_for_takeover(view, 40.0, LEASE) == ["gone"]
+
+
+STALE = membership.stale_after(LEASE, 5.0)
+
+
+def test_staleness_is_under_a_lease_but_never_under_two_beats() -> None:
+    assert membership.stale_after(30.0, 5.0) == 25.0
+    assert membership.stale_after(10.0, 5.0) == 10.0
+
+
+def test_a_member_cut_off_from_the_backend_but_beating_is_kept() -> None:
+    # b lost etcd but still works (its journal counter moves): it keeps
+    # its share and its runs are not taken over, however long it lasts.
+    view = observe(
+        View(), 0.0, "a", frozenset({"a", "b"}), [], {"b": 7}, STALE
+    )
+    for step in range(1, 40):
+        now = step * 5.0
+        view = observe(
+            view, now, "a", frozenset({"a"}), ["b"], {"b": 7 + step}, STALE
+        )
+        assert view.live == {"a", "b"}
+        assert due_for_takeover(view, now, LEASE) == []
+
+
+def test_a_member_gone_from_both_is_due_once_its_beat_is_stale() -> None:
+    view = observe(
+        View(), 0.0, "a", frozenset({"a", "b"}), [], {"b": 1}, STALE
+    )
+    view = observe(
+        view, 5.0, "a", frozenset({"a", "b"}), ["b"], {"b": 2}, STALE
+    )
+    # b dies at 6 s: its key lapses, its counter stands still at 2.
+    view = observe(view, 35.0, "a", frozenset({"a"}), ["b"], {"b": 2}, STALE)
+    assert view.live == {"a"}
+    assert due_for_takeover(view, 35.0, LEASE) == ["b"]
+
+
+def test_an_old_row_is_no_evidence_of_life_a_changed_one_is() -> None:
+    # At our first look a counter is just a number: a host that died long
+    # ago is not counted alive; a row that appears later, or moves, is.
+    view = observe(
+        View(), 0.0, "a", frozenset({"a"}), ["old"], {"old": 9}, STALE
+    )
+    assert view.live == {"a"}
+    view = observe(
+        view, 5.0, "a", frozenset({"a"}), ["old"], {"old": 9, "new": 1}, STALE
+    )
+    assert view.live == {"a", "new"}
+    view = observe(
+        view, 40.0, "a", frozenset({"a"}), ["old"], {"old": 9, "new": 1}, STALE
+    )
+    assert view.live == {"a"}
+    assert due_for_takeover(view, 40.0, LEASE) == ["old"]
+
+
+def test_an_unreadable_journal_keeps_what_we_knew_of_the_beats() -> None:
+    view = observe(
+        View(), 0.0, "a", frozenset({"a", "b"}), [], {"b": 1}, STALE
+    )
+    view = observe(view, 5.0, "a", frozenset({"a"}), ["b"], {"b": 2}, STALE)
+    view = observe(view, 10.0, "a", frozenset({"a"}), ["b"], None, STALE)
+    assert view.live == {"a", "b"}
+
+
+beat_looks = st.lists(
+    st.tuples(
+        st.floats(min_value=0, max_value=60),
+        st.one_of(st.none(), st.frozensets(hosts)),
+        st.frozensets(hosts),
+        st.dictionaries(hosts, st.integers(min_value=0, max_value=3)),
+    ),
+    max_size=30,
+)
+
+
+@given(beat_looks)
+def test_a_host_whose_beat_moved_within_the_staleness_is_never_due(
+    steps: list[
+        tuple[float, frozenset[str] | None, frozenset[str], dict[str, int]]
+    ],
+) -> None:
+    view, now = View(), 0.0
+    moved: dict[str, float] = {}
+    last: dict[str, int] = {}
+    first = True
+    for gap, members, with_work, beats in steps:
+        now += gap
+        for host, count in beats.items():
+            if not first and last.get(host) != count:
+                moved[host] = now
+            last[host] = count
+        first = False
+        view = observe(view, now, "a", members, with_work, beats, STALE)
+        due = due_for_takeover(view, now, LEASE)
+        for host in due:
+            assert now - moved.get(host, -1e9) >= STALE, (host, now, moved)
