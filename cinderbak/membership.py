@@ -55,10 +55,12 @@ class View:
 
 def stale_after(lease: float, check_interval: float) -> float:
     """How long a journal beat counter may stand still before its host
-    counts as gone: a little less than a lease (so a dead host is taken
-    over about when its backend key expires), but never less than two
-    beats (one beat may be late, its reader looking just before it)."""
-    return max(lease - check_interval, 2 * check_interval)
+    counts as gone: two looks under a lease (the last change we saw may
+    be a look late, and our own look another), so that a dead daemon's
+    beat is stale by the time its backend key expires and the key stays
+    what decides the takeover; but never less than two beats (one beat
+    may be late, its reader looking just before it)."""
+    return max(lease - 2 * check_interval, 2 * check_interval)
 
 
 def _track_beats(

@@ -34,6 +34,7 @@ POLICY_COLUMNS = (
     "in_flight",
     "volumes_backed_up",
 )
+DAEMON_COLUMNS = ("group", "host", "last_beat", "beats", "runs_in_flight")
 VOLUME_COLUMNS = (
     "volume_id",
     "policy",
@@ -138,7 +139,8 @@ class Status(_JournalLister):
     """Show each policy's schedule, last and next run, and work in flight.
 
     With --volumes, one row per volume instead: its last backup and the
-    result of its last run.
+    result of its last run. With --daemons, one row per daemon sharing
+    the journal: its last heartbeat and its runs in flight.
     """
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
@@ -149,6 +151,12 @@ class Status(_JournalLister):
             help="one row per volume: last backup and last run result",
         )
         parser.add_argument(
+            "--daemons",
+            action="store_true",
+            help="one row per daemon of the journal ([coordination]): "
+            "its last heartbeat and its runs in flight",
+        )
+        parser.add_argument(
             "--policy",
             metavar="NAME",
             help="only this policy",
@@ -156,11 +164,16 @@ class Status(_JournalLister):
         return parser
 
     def column_names(self, parsed_args: argparse.Namespace) -> tuple[str, ...]:
+        if parsed_args.daemons:
+            return DAEMON_COLUMNS
         return VOLUME_COLUMNS if parsed_args.volumes else POLICY_COLUMNS
 
     def rows(
         self, store: Journal, parsed_args: argparse.Namespace
     ) -> Iterator[tuple[object, ...]]:
+        if parsed_args.daemons:
+            yield from _daemon_rows(store)
+            return
         configured = configured_policies(cast("CinderbakApp", self.app))
         slots = store.last_run_per_policy()
         verifying = {
@@ -249,6 +262,20 @@ class Status(_JournalLister):
                 str(run.state),
                 (run.summary or {}).get("error") or "",
             )
+
+
+def _daemon_rows(store: Journal) -> Iterator[tuple[object, ...]]:
+    """Daemons that beat in the journal, and hosts with runs in flight
+    that never did (a single daemon, or one from before the heartbeat)."""
+    in_flight: dict[str, int] = {}
+    for run in store.in_flight():
+        in_flight[run.host] = in_flight.get(run.host, 0) + 1
+    beating = set()
+    for group, host, beats, beat_at in store.beat_rows():
+        beating.add(host)
+        yield group, host, when(beat_at), beats, in_flight.get(host, 0)
+    for host in sorted(in_flight.keys() - beating):
+        yield "", host, "", 0, in_flight[host]
 
 
 def _kind(step: StepRecord | None) -> str:

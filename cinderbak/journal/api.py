@@ -847,6 +847,17 @@ class Journal:
         with self._read() as s:
             return {str(h): int(n) for h, n in s.execute(query)}
 
+    def beat_rows(self) -> list[tuple[str, str, int, datetime.datetime]]:
+        """Every daemon's heartbeat: (group, host, beats, last beat time
+        on that daemon's clock), for operators."""
+        beat = models.Beat
+        query = sa.select(beat).order_by(beat.group, beat.host)
+        with self._read() as s:
+            return [
+                (row.group, row.host, row.beats, row.beat_at)
+                for row in s.scalars(query)
+            ]
+
     def forget_beat(self, group: str, host: str) -> None:
         """A daemon leaving its group on purpose stops beating at once."""
         beat = models.Beat

@@ -29,7 +29,7 @@ from cinderbak.journal import Journal, states, steps
 from cinderbak.workflow import resource_name
 from tests import tinyguest as tg
 from tests.faultproxy import FaultProxy
-from tests.functional.conftest import config_text, pg_schema_url
+from tests.functional.conftest import Cinderbak, config_text, pg_schema_url
 from tests.functional.test_daemon import Daemons, wait_until
 from tests.functional.test_run_once import attach_to_server
 
@@ -274,6 +274,7 @@ def test_three_daemons_share_slots_and_a_survivor_thaws_a_killed_ones_guest(
     pg_journal,
     daemons,
     tmp_path,
+    clouds_env,
 ):
     tag = uuid.uuid4().hex[:6]
     uri, _ = shared_guests
@@ -328,6 +329,11 @@ def test_three_daemons_share_slots_and_a_survivor_thaws_a_killed_ones_guest(
         )
         print(f"slot 1 volumes per daemon: {dict(work)}")
         assert set(work) == set(members), work
+        # Every daemon beats in the journal; status shows them.
+        rows = Cinderbak(paths[members[0]], clouds_env).run(
+            "status", "--daemons", check=True
+        )
+        assert {r["host"] for r in rows if r["beats"] > 0} >= set(members)
         for volume_id in every_volume:
             assert len(_backups_of_slot(admin, volume_id, policy, first)) == 1
 

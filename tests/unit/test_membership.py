@@ -112,8 +112,9 @@ STALE = membership.stale_after(LEASE, 5.0)
 
 
 def test_staleness_is_under_a_lease_but_never_under_two_beats() -> None:
-    assert membership.stale_after(30.0, 5.0) == 25.0
-    assert membership.stale_after(10.0, 5.0) == 10.0
+    assert membership.stale_after(30.0, 5.0) == 20.0
+    assert membership.stale_after(10.0, 1.0) == 8.0
+    assert membership.stale_after(10.0, 4.0) == 8.0
 
 
 def test_a_member_cut_off_from_the_backend_but_beating_is_kept() -> None:
