@@ -243,6 +243,35 @@ class VolumePlan:
         """One row per backup: kept ones newest first, then deletions."""
         return [self.row(d) for d in self.plan.decisions]
 
+    def plan_rows(self) -> Iterator[tuple[str, ...]]:
+        """The cells of :meth:`rows` in :data:`PLAN_COLUMNS` order, made
+        directly: ``cinderbak plan`` prints one per backup of a region
+        (100,000 at 10,000 volumes), and a row object per backup was a
+        fifth of its CPU."""
+        name, project, volume = (
+            self.policy.name,
+            self.project_id,
+            self.volume_id,
+        )
+        deleted = not self.volume_exists
+        history = self.history
+        for decision in self.plan.decisions:
+            info = history[decision.backup_id]
+            reasons = decision.reasons
+            if deleted and not any("volume deleted" in r for r in reasons):
+                reasons = (*reasons, "volume deleted")
+            yield (
+                name,
+                project,
+                volume,
+                decision.backup_id,
+                _iso(info.created_at),
+                chains.INCREMENTAL if info.is_incremental else chains.FULL,
+                info.status,
+                decision.action,
+                "; ".join(reasons),
+            )
+
 
 def _iso(value: datetime.datetime | None) -> str:
     if value is None:
