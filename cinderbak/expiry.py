@@ -540,8 +540,14 @@ class _Reader:
             ]
             for volume_id, items in by_volume.items()
         }
+        # Only a backup our journal created has an expected parent there:
+        # the ids it knows are all that is worth asking about.
+        made = set().union(*trusted.values()) if trusted else set()
         parents = self.parts.journal.expected_parents(
-            info.id for found in infos.values() for info in found if info.ours
+            info.id
+            for found in infos.values()
+            for info in found
+            if info.ours and info.id in made
         )
         for volume_id in sorted(by_volume):
             if owns is not None and not owns(volume_id):
