@@ -20,8 +20,14 @@ its backups are kept until it opts in again or is deleted.
 
 Deleting, for each backup in the plan's order:
 
-1. re-read it: still ours, not held, ``available`` or ``error``, and
-   Cinder's ``has_dependent_backups`` false - the truth before any delete;
+1. look at it as listed right before: still ours, not held (a tenant
+   may have set a hold since the plan), ``available`` or ``error``, and
+   Cinder's ``has_dependent_backups`` false - the truth before any
+   delete. One fresh listing of the project (of the volume, for backups
+   in the service project), taken right before its first deletion of
+   the pass and again when older than ``FRESH_SECONDS``, serves every
+   deletion there; a parent listed before we deleted its child is read
+   again on its own (only Cinder knows when it stops counting the child);
 2. record the intent (journal step ``backup_delete``), ask Cinder to
    delete, and record the backup id once Cinder accepted;
 3. wait until the backup is gone before the next deletion of that volume
