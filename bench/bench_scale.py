@@ -84,29 +84,45 @@ def config(
     return path
 
 
+# Runs the measured command and reports its rusage. ``ru_maxrss`` of a
+# child forked from this process would count this process's own memory
+# (the simulator's, hundreds of MB): Linux keeps the high-water mark of
+# the address space a child had before exec, and a vfork child has ours.
+# Forked from this small launcher instead, the child's peak is its own.
+LAUNCHER = """
+import json, os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_pid, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump([os.waitstatus_to_exitcode(status),
+               usage.ru_utime + usage.ru_stime, usage.ru_maxrss], out)
+"""
+
+
 class Measured:
     """One cinderbak subprocess: wall time, CPU seconds, peak RSS (MB)."""
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        with tempfile.TemporaryFile("w+") as log:
+        with (
+            tempfile.TemporaryFile("w+") as log,
+            tempfile.NamedTemporaryFile("r") as report,
+        ):
             self.started = time.time()
             # Not from the checkout's root: ``-m`` would put it first on
             # sys.path, before --pythonpath.
-            proc = subprocess.Popen(
-                argv,
+            subprocess.run(
+                [sys.executable, "-c", LAUNCHER, report.name, *argv],
                 env=env,
                 cwd=tempfile.gettempdir(),
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                check=True,
             )
-            _pid, status, usage = os.wait4(proc.pid, 0)
             self.wall = time.time() - self.started
-            proc.returncode = os.waitstatus_to_exitcode(status)
+            self.status, self.cpu, maxrss = json.load(report)
             log.seek(0)
             self.stderr = log.read()
-        self.cpu = usage.ru_utime + usage.ru_stime
-        self.rss_mb = usage.ru_maxrss / 1024
-        self.status = proc.returncode
+        self.rss_mb = maxrss / 1024
 
 
 def control(url: str, path: str) -> dict:

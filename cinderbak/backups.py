@@ -54,17 +54,21 @@ def to_info(backup: Any, deployment_id: str) -> BackupInfo:
 
 def info_from_dict(item: Mapping[str, Any], deployment_id: str) -> BackupInfo:
     """Convert a backup as listed (decoded JSON) to the planner's view."""
-    metadata = dict(item.get("metadata") or {})
+    metadata = item.get("metadata") or {}
     try:
         held = tenant.is_held(item["id"], metadata)
     except tenant.MetadataError as exc:
         LOG.warning("%s; keeping the backup as held", exc)
         held = True
-    created = parse_time(item.get("created_at"))
+    stamp = item.get("created_at")
+    created = parse_time(stamp)
+    data = item.get("data_timestamp")
     return BackupInfo(
         id=item["id"],
         created_at=created,
-        data_timestamp=parse_time(item.get("data_timestamp")) or created,
+        # Usually the same text: parsed once (100,000 backups a plan).
+        data_timestamp=(created if data == stamp else parse_time(data))
+        or created,
         is_incremental=bool(item.get("is_incremental")),
         status=item.get("status") or "",
         ours=tenant.is_ours(metadata, deployment_id),

@@ -46,15 +46,12 @@ class Plan(PolicyLister):
                 for item in expiry.iter_plans(
                     parts, policy, now, volume_ids=set(parsed_args.volume)
                 ):
-                    found = (
-                        [item]
-                        if isinstance(item, expiry.ExpiryRow)
-                        else item.rows()
-                    )
-                    for row in found:
-                        if row.failed:
+                    if isinstance(item, expiry.ExpiryRow):
+                        if item.failed:
                             self.exit_code = 1
-                        yield row.row(columns)
+                        yield item.row(columns)
+                    else:  # a plan's rows are never failures
+                        yield from item.plan_rows()
 
         self.exit_code = 0
         return columns, rows()

@@ -41,6 +41,18 @@ def test_table_cells_escaped_numbers_kept():
     assert rows == [("v\\x1b[2J", 3, None, 1.5)]
 
 
+@given(
+    st.lists(
+        st.one_of(st.text(), st.integers(), st.none(), st.floats()),
+        max_size=6,
+    )
+)
+def test_a_row_escaped_at_once_is_each_cell_escaped(cells):
+    assert escape.escape_row(cells) == tuple(
+        escape.escape_cell(cell) for cell in cells
+    )
+
+
 class _App:
     def __init__(self) -> None:
         self.stdout = io.StringIO()

@@ -132,3 +132,45 @@ def test_columns_of_plan_and_expire():
     assert expiry.PLAN_COLUMNS[-1] == "reasons"
     assert expiry.EXPIRE_COLUMNS[-2:] == ("result", "reasons")
     assert set(expiry.PLAN_COLUMNS) < set(expiry.EXPIRE_COLUMNS)
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_plan_rows_are_the_rows_of_the_plan(exists):
+    """``cinderbak plan`` prints plan_rows(): the same cells as the rows
+    an expiry pass reports, column for column."""
+    from cinderbak import retention
+    from cinderbak.policy import parse_policy
+
+    policy = parse_policy(
+        "daily",
+        {"schedule": "every 24h", "retention": "last=2", "full_every": "3"},
+    )
+    start = datetime.datetime(2026, 11, 1, 3, tzinfo=UTC)
+    history = {
+        f"b{i}": info(
+            id=f"b{i}",
+            created_at=start + datetime.timedelta(days=i),
+            data_timestamp=start + datetime.timedelta(days=i),
+            is_incremental=i % 3 != 0,
+            status="error" if i == 4 else "available",
+        )
+        for i in range(6)
+    }
+    plan = expiry.VolumePlan(
+        policy=policy,
+        project_id="p1",
+        volume_id=VOL,
+        volume_exists=exists,
+        conn=None,
+        history=history,
+        plan=retention.plan(
+            history.values(),
+            policy.retention,
+            start + datetime.timedelta(days=7),
+            volume_exists=exists,
+        ),
+    )
+    assert plan.plan.deletions
+    assert list(plan.plan_rows()) == [
+        row.row(expiry.PLAN_COLUMNS) for row in plan.rows()
+    ]
