@@ -179,10 +179,12 @@ class _Config:
 
 
 def _start_together(daemons, paths, env, period=60):
-    """Start every daemon just after a slot boundary and wait until each
-    sees all three in the group; return the time from which slots have
-    the full ring (the last boundary before they all agreed)."""
-    while not 1 <= time.time() % period <= 15:
+    """Start every daemon about 25 s before a slot boundary (time to
+    start and join; a slot they miss is ignored, and its runs end well
+    before the next one) and wait until each sees all three in the
+    group; return the time from which slots have the full ring (the last
+    boundary before they all agreed)."""
+    while not period - 28 <= time.time() % period <= period - 22:
         time.sleep(0.5)
     started = {m: daemons.start(_Config(p), **env) for m, p in paths.items()}
 
