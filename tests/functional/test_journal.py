@@ -468,6 +468,74 @@ def test_finish_run_wants_an_outcome_reachable_from_now(journal):
     assert missed.state is RunState.MISSED and missed.started_at is None
 
 
+def test_begin_runs_begins_many_and_finds_those_already_there(journal):
+    first = journal.begin_run("daily", "vol-1", T0, project_id="p")
+    journal.start_run(first.id)
+    handles = journal.begin_runs(
+        "daily",
+        {"vol-1": "p", "vol-2": "p", "vol-3": "q"},
+        T0,
+        attrs={"transfer_mode": "volume"},
+    )
+    assert set(handles) == {"vol-1", "vol-2", "vol-3"}
+    assert not handles["vol-1"].created
+    assert handles["vol-1"].state is RunState.RUNNING
+    assert handles["vol-2"].created and handles["vol-3"].created
+    assert handles["vol-3"].project_id == "q"
+    again = journal.begin_run("daily", "vol-3", T0, project_id="q")
+    assert again.id == handles["vol-3"].id and not again.created
+    assert journal.get_run(again.id).attrs == {"transfer_mode": "volume"}
+
+
+def test_start_runs_claims_only_pending_runs(journal):
+    a = journal.begin_run("daily", "vol-1", T0, project_id="p")
+    b = journal.begin_run("daily", "vol-2", T0, project_id="p")
+    journal.start_run(b.id)  # another worker has it
+    claimed = journal.start_runs([a.id, b.id])
+    assert set(claimed) == {a.id}
+    assert claimed[a.id].state is RunState.RUNNING
+    assert journal.get_run(a.id).started_at is not None
+    with pytest.raises(NotFound):
+        journal.start_runs(["nope"])
+
+
+def test_finish_runs_writes_outcomes_and_done_steps_at_once(journal):
+    ids = [_running(journal, f"vol-{n}") for n in range(3)]
+    step = journal.begin_step(
+        ids[0], StepKind.BACKUP_CREATE, target="vol-0", details={"k": 1}
+    )
+    journal.set_step_resource(step, "bk-1")
+    journal.finish_runs(
+        [
+            journal_pkg.RunEnd(
+                ids[0], RunState.SUCCEEDED, {"ok": 1}, ((step, {"size": 2}),)
+            ),
+            journal_pkg.RunEnd(ids[1], RunState.FAILED, {"error": "x"}),
+        ]
+    )
+    done = journal.get_run(ids[0])
+    assert done.state is RunState.SUCCEEDED and done.summary == {"ok": 1}
+    assert done.steps and done.steps[0].state is StepState.DONE
+    assert done.steps[0].details == {"k": 1, "size": 2}
+    assert done.steps[0].resource_id == "bk-1"
+    assert journal.get_run(ids[1]).state is RunState.FAILED
+    assert journal.get_run(ids[2]).state is RunState.RUNNING
+
+
+def test_finish_runs_with_one_refused_keeps_the_others(journal):
+    ids = [_running(journal, f"vol-{n}") for n in range(2)]
+    journal.finish_run(ids[0], RunState.FAILED)
+    with pytest.raises(InvalidTransition):
+        journal.finish_runs(
+            [
+                journal_pkg.RunEnd(ids[1], RunState.SUCCEEDED),
+                journal_pkg.RunEnd(ids[0], RunState.SUCCEEDED),
+            ]
+        )
+    assert journal.get_run(ids[1]).state is RunState.SUCCEEDED
+    assert journal.get_run(ids[0]).state is RunState.FAILED
+
+
 def test_unknown_ids_raise_not_found(journal):
     with pytest.raises(NotFound):
         journal.get_run("nope")
