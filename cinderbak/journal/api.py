@@ -265,6 +265,12 @@ _LOCK = {
     .with_for_update()
     for table in (_RUNS, _STEPS)
 }
+_LOCK_MANY = {
+    table.name: sa.select(table)
+    .where(table.c.id.in_(sa.bindparam("keys", expanding=True)))
+    .with_for_update()
+    for table in (_RUNS, _STEPS)
+}
 _UPDATE = {
     table.name: sa.update(table).where(table.c.id == sa.bindparam("key"))
     for table in (_RUNS, _STEPS)
@@ -625,19 +631,78 @@ class Journal:
         and the refused one raises as it would have alone.
         """
         ends = list(ends)
+        if not ends:
+            return
         try:
             with self._core_writing() as c:
-                for end in ends:
-                    self._settle_end(c, end)
+                self._settle_ends(c, ends)
         except (InvalidTransition, NotFound):
             for end in ends:
                 with self._core_writing() as c:
-                    self._settle_end(c, end)
+                    self._settle_ends(c, [end])
 
-    def _settle_end(self, c: sa.Connection, end: RunEnd) -> None:
-        for step_id, details in end.done_steps:
-            self._finish_step(c, step_id, StepState.DONE, None, None, details)
-        self._finish_run(c, end.run_id, end.state, end.summary)
+    def _settle_ends(self, c: sa.Connection, ends: list[RunEnd]) -> None:
+        """Read every run and step of ``ends`` under lock in two queries,
+        check each move against the tables, write them in two batches."""
+        now = self._now()
+        step_ids = [sid for end in ends for sid, _ in end.done_steps]
+        steps = (
+            {
+                row.id: row
+                for row in c.execute(_LOCK_MANY["steps"], {"keys": step_ids})
+            }
+            if step_ids
+            else {}
+        )
+        runs = {
+            row.id: row
+            for row in c.execute(
+                _LOCK_MANY["runs"], {"keys": [e.run_id for e in ends]}
+            )
+        }
+        step_rows: list[dict[str, Any]] = []
+        run_rows: list[dict[str, Any]] = []
+        for end in ends:
+            for step_id, details in end.done_steps:
+                step = steps.get(step_id)
+                if step is None:
+                    raise NotFound(f"no step {step_id}")
+                if step.state == StepState.DONE:
+                    continue  # a replayed settlement changes nothing
+                state = check_step_transition(
+                    step.state, StepState.DONE, what=f"step {step_id}"
+                )
+                step_rows.append(
+                    {
+                        "key": step_id,
+                        "state": state,
+                        "details": {**step.details, **(details or {})},
+                        "finished_at": now,
+                        "updated_at": now,
+                    }
+                )
+            if RunState(end.state) not in FINAL_RUN_STATES:
+                raise ValueError(f"{end.state} is not a final run state")
+            run = runs.get(end.run_id)
+            if run is None:
+                raise NotFound(f"no run {end.run_id}")
+            if run.state == RunState(end.state):
+                continue  # the first outcome stands
+            run_rows.append(
+                {
+                    "key": end.run_id,
+                    "state": check_run_transition(
+                        run.state, end.state, what=f"run {end.run_id}"
+                    ),
+                    "summary": dict(end.summary or {}),
+                    "finished_at": now,
+                    "updated_at": now,
+                }
+            )
+        if step_rows:
+            c.execute(_UPDATE["steps"], step_rows)
+        if run_rows:
+            c.execute(_UPDATE["runs"], run_rows)
 
     def _finish_run(
         self,
