@@ -754,6 +754,8 @@ class PolicyRun:
             if _freeze_key(jobs[0]) is None
             for job in jobs
         )
+        solo: list[Job] = []
+        groups: list[list[Job]] = []
         for _project, taken_group in taken:
             mine = claimed
             if _freeze_key(taken_group[0]) is not None:
@@ -784,18 +786,51 @@ class PolicyRun:
                     self.server_locks.release(server, self.run_label)
                 continue
             if _freeze_key(group[0]) is None:
-                for job in group:
-                    job.notes.append(
-                        "not attached to a server: nothing to freeze"
-                    )
-                    self._request_copy(job)
+                solo.extend(group)
             else:
-                server = group[0].server_id
-                assert server is not None
-                try:
-                    self._start_group(group)
-                finally:
-                    self.server_locks.release(server, self.run_label)
+                groups.append(group)
+        # Detached volumes first: their requests take milliseconds, a
+        # server's freeze window takes a while.
+        if solo:
+            self._request_copies(solo)
+        for group in groups:
+            server = group[0].server_id
+            assert server is not None
+            try:
+                self._start_group(group)
+            finally:
+                self.server_locks.release(server, self.run_label)
+
+    def _request_copies(self, jobs: Sequence[Job]) -> None:
+        """Request the copies of detached volumes: every intent in one
+        journal transaction before the first request, then the requests,
+        then every id Cinder gave in one transaction. A crash before the
+        last commit leaves steps in INTENT, which recovery resolves by
+        the run's name as after an answer lost on the way back."""
+        snapshot = self.policy.transfer_mode is TransferMode.SNAPSHOT
+        kind = steps.SNAPSHOT_CREATE if snapshot else steps.BACKUP_CREATE
+        for job in jobs:
+            job.notes.append("not attached to a server: nothing to freeze")
+            job.move(Phase.COPYING if snapshot else Phase.BACKING_UP)
+        step_ids = self.journal.begin_steps(
+            [
+                (job.run_id, kind, job.target.volume_id, self._intent(job))
+                for job in jobs
+            ]
+        )
+        made: list[tuple[int, str]] = []
+        try:
+            for job, step in zip(jobs, step_ids, strict=True):
+                if snapshot:
+                    self._create_snapshot(job, step, record=False)
+                    made_id = job.snapshot_id
+                else:
+                    self._create_backup(job, step, record=False)
+                    made_id = job.backup_id
+                if made_id is not None:
+                    made.append((step, made_id))
+        finally:
+            self.journal.set_step_resources(made)
 
     def _unstarted(
         self,
@@ -1016,19 +1051,39 @@ class PolicyRun:
             )
         )
 
-    def _create_snapshot(self, job: Job) -> None:
+    def _intent(self, job: Job) -> dict[str, Any]:
+        """The details of a create step, recorded before the request."""
+        if job.phase is Phase.COPYING:
+            return {"force": job.target.in_use}
+        return {
+            "kind": job.kind,
+            "reason": job.kind_reason,
+            "expected_parent": job.expected_parent,
+            "snapshot_id": job.snapshot_id,
+        }
+
+    def _create_snapshot(
+        self, job: Job, step: int | None = None, *, record: bool = True
+    ) -> None:
+        """Request the temporary snapshot; ``step``: its intent, recorded
+        already (else recorded here); ``record``: write its id now."""
         target = job.target
-        job.snapshot_step = self.journal.begin_step(
-            job.run_id,
-            steps.SNAPSHOT_CREATE,
-            target=target.volume_id,
-            details={"force": target.in_use},
+        job.snapshot_step = (
+            step
+            if step is not None
+            else self.journal.begin_step(
+                job.run_id,
+                steps.SNAPSHOT_CREATE,
+                target=target.volume_id,
+                details=self._intent(job),
+            )
         )
         job.snapshot_id = self._request(
             job,
             job.snapshot_step,
             "snapshot",
             self.policy.snapshot_timeout,
+            record=record,
             volume_id=target.volume_id,
             name=self.name,
             description="temporary: source of a cinderbak backup",
@@ -1036,20 +1091,24 @@ class PolicyRun:
             metadata=self._marks(job),
         )
 
-    def _create_backup(self, job: Job) -> None:
+    def _create_backup(
+        self, job: Job, step: int | None = None, *, record: bool = True
+    ) -> None:
+        """Request the backup; ``step`` and ``record`` as for
+        :meth:`_create_snapshot`."""
         target = job.target
         incremental = job.kind == chains.INCREMENTAL
-        job.move(Phase.BACKING_UP)
-        job.backup_step = self.journal.begin_step(
-            job.run_id,
-            steps.BACKUP_CREATE,
-            target=target.volume_id,
-            details={
-                "kind": job.kind,
-                "reason": job.kind_reason,
-                "expected_parent": job.expected_parent,
-                "snapshot_id": job.snapshot_id,
-            },
+        if job.phase is not Phase.BACKING_UP:
+            job.move(Phase.BACKING_UP)
+        job.backup_step = (
+            step
+            if step is not None
+            else self.journal.begin_step(
+                job.run_id,
+                steps.BACKUP_CREATE,
+                target=target.volume_id,
+                details=self._intent(job),
+            )
         )
         attrs: dict[str, Any] = {
             "volume_id": target.volume_id,
@@ -1072,6 +1131,7 @@ class PolicyRun:
             job.backup_step,
             "backup",
             self.policy.backup_timeout,
+            record=record,
             **attrs,
         )
         if job.backup_id is not None:
@@ -1084,6 +1144,8 @@ class PolicyRun:
         step: int,
         what: str,
         timeout: float,
+        *,
+        record: bool = True,
         **attrs: Any,
     ) -> str | None:
         """Ask Cinder to create a snapshot or backup, exactly once.
@@ -1127,7 +1189,8 @@ class PolicyRun:
             self.journal.fail_step(step, str(exc))
             self._fail(job, f"{what} refused: {exc}")
             return None
-        self.journal.set_step_resource(step, str(resource["id"]))
+        if record:
+            self.journal.set_step_resource(step, str(resource["id"]))
         job.deadline = self.clock() + timeout
         return str(resource["id"])
 

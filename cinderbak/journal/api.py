@@ -763,29 +763,48 @@ class Journal:
         A final run may still get steps: recovery records the thaw or the
         cleanup it did for a run that ended badly.
         """
-        kind = StepKind(kind)
+        return self.begin_steps([(run_id, kind, target, details)])[0]
+
+    def begin_steps(
+        self,
+        intents: Iterable[
+            tuple[str, StepKind | str, str, Mapping[str, Any] | None]
+        ],
+    ) -> list[int]:
+        """:meth:`begin_step` for several (run id, kind, target, details)
+        in one transaction, committed before any of them is acted on;
+        return the step ids in order. Nothing is recorded if one is
+        refused."""
+        rows = [
+            (run_id, StepKind(kind), target, dict(details or {}))
+            for run_id, kind, target, details in intents
+        ]
         now = self._now()
+        ids: list[int] = []
         with self._core_writing() as c:
-            if c.execute(_RUN_EXISTS, {"key": run_id}).first() is None:
-                raise NotFound(f"no run {run_id}")
-            inserted = c.execute(
-                _INSERT_STEP,
-                {
-                    "run_id": run_id,
-                    "kind": kind,
-                    "target": target,
-                    "state": StepState.INTENT,
-                    "resource_id": None,
-                    "details": dict(details or {}),
-                    "reason": None,
-                    "created_at": now,
-                    "updated_at": now,
-                    "finished_at": None,
-                },
-            )
-            key = inserted.inserted_primary_key
-            assert key is not None
-            return int(key[0])
+            for run_id in {row[0] for row in rows}:
+                if c.execute(_RUN_EXISTS, {"key": run_id}).first() is None:
+                    raise NotFound(f"no run {run_id}")
+            for run_id, kind, target, details in rows:
+                inserted = c.execute(
+                    _INSERT_STEP,
+                    {
+                        "run_id": run_id,
+                        "kind": kind,
+                        "target": target,
+                        "state": StepState.INTENT,
+                        "resource_id": None,
+                        "details": details,
+                        "reason": None,
+                        "created_at": now,
+                        "updated_at": now,
+                        "finished_at": None,
+                    },
+                )
+                key = inserted.inserted_primary_key
+                assert key is not None
+                ids.append(int(key[0]))
+        return ids
 
     def set_step_resource(self, step_id: int, resource_id: str) -> None:
         """Record what the action created as soon as the cloud says so.
@@ -796,28 +815,49 @@ class Journal:
         no-op; a different one raises ValueError (two resources for one
         step would leak one of them).
         """
-        with self._core_writing() as c:
-            row = _locked(c, _STEPS, step_id, "step")
-            if row.state == StepState.ACTING:
-                if row.resource_id == resource_id:
-                    return
-                raise ValueError(
-                    f"step {step_id} already has resource "
-                    f"{row.resource_id}, not {resource_id}"
-                )
-            state = check_step_transition(
-                row.state, StepState.ACTING, what=f"step {step_id}"
+        self.set_step_resources([(step_id, resource_id)])
+
+    def set_step_resources(self, resources: Iterable[tuple[int, str]]) -> None:
+        """:meth:`set_step_resource` for several (step id, resource id) in
+        one transaction (the ids a round of requests was given)."""
+        resources = list(resources)
+        if not resources:
+            return
+        try:
+            with self._core_writing() as c:
+                for step_id, resource_id in resources:
+                    self._set_step_resource(c, step_id, resource_id)
+        except (InvalidTransition, NotFound, ValueError):
+            # One refused: the others are recorded, the refused one raises
+            # as it would have alone.
+            for step_id, resource_id in resources:
+                with self._core_writing() as c:
+                    self._set_step_resource(c, step_id, resource_id)
+
+    def _set_step_resource(
+        self, c: sa.Connection, step_id: int, resource_id: str
+    ) -> None:
+        row = _locked(c, _STEPS, step_id, "step")
+        if row.state == StepState.ACTING:
+            if row.resource_id == resource_id:
+                return
+            raise ValueError(
+                f"step {step_id} already has resource "
+                f"{row.resource_id}, not {resource_id}"
             )
-            _update(
-                c,
-                _STEPS,
-                step_id,
-                {
-                    "state": state,
-                    "resource_id": resource_id,
-                    "updated_at": self._now(),
-                },
-            )
+        state = check_step_transition(
+            row.state, StepState.ACTING, what=f"step {step_id}"
+        )
+        _update(
+            c,
+            _STEPS,
+            step_id,
+            {
+                "state": state,
+                "resource_id": resource_id,
+                "updated_at": self._now(),
+            },
+        )
 
     def complete_step(
         self,

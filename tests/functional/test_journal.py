@@ -536,6 +536,47 @@ def test_finish_runs_with_one_refused_keeps_the_others(journal):
     assert journal.get_run(ids[0]).state is RunState.FAILED
 
 
+def test_begin_steps_and_set_step_resources_in_one_go(journal):
+    ids = [_running(journal, f"vol-{n}") for n in range(2)]
+    made = journal.begin_steps(
+        [
+            (ids[0], StepKind.BACKUP_CREATE, "vol-0", {"kind": "full"}),
+            (ids[1], StepKind.SNAPSHOT_CREATE, "vol-1", None),
+        ]
+    )
+    assert len(made) == 2 and made[0] != made[1]
+    first = journal.get_step(made[0])
+    assert first.state is StepState.INTENT and first.details == {
+        "kind": "full"
+    }
+    journal.set_step_resources([(made[0], "bk-1"), (made[1], "snap-1")])
+    assert journal.get_step(made[0]).state is StepState.ACTING
+    assert journal.get_step(made[1]).resource_id == "snap-1"
+    with pytest.raises(NotFound):
+        journal.begin_steps(
+            [
+                (ids[0], StepKind.THAW, "s", None),
+                ("no", StepKind.THAW, "s", None),
+            ]
+        )
+    assert len(journal.get_run(ids[0]).steps or ()) == 1
+
+
+def test_set_step_resources_with_one_refused_keeps_the_others(journal):
+    run_id = _running(journal)
+    a, b = journal.begin_steps(
+        [
+            (run_id, StepKind.BACKUP_CREATE, "vol-1", None),
+            (run_id, StepKind.SNAPSHOT_CREATE, "vol-1", None),
+        ]
+    )
+    journal.set_step_resource(b, "snap-1")
+    with pytest.raises(ValueError, match="already has resource"):
+        journal.set_step_resources([(a, "bk-1"), (b, "snap-2")])
+    assert journal.get_step(a).resource_id == "bk-1"
+    assert journal.get_step(b).resource_id == "snap-1"
+
+
 def test_unknown_ids_raise_not_found(journal):
     with pytest.raises(NotFound):
         journal.get_run("nope")
