@@ -792,6 +792,8 @@ class PolicyRun:
         # Detached volumes first: their requests take milliseconds, a
         # server's freeze window takes a while.
         if solo:
+            for job in solo:
+                job.notes.append("not attached to a server: nothing to freeze")
             self._request_copies(solo)
         for group in groups:
             server = group[0].server_id
@@ -801,16 +803,19 @@ class PolicyRun:
             finally:
                 self.server_locks.release(server, self.run_label)
 
-    def _request_copies(self, jobs: Sequence[Job]) -> None:
-        """Request the copies of detached volumes: every intent in one
-        journal transaction before the first request, then the requests,
-        then every id Cinder gave in one transaction. A crash before the
-        last commit leaves steps in INTENT, which recovery resolves by
-        the run's name as after an answer lost on the way back."""
+    def _request_copies(
+        self, jobs: Sequence[Job], *, parallel: bool = False
+    ) -> None:
+        """Request the copies of several jobs (a start round's detached
+        volumes, or a server's volumes inside its freeze, ``parallel``):
+        every intent in one journal transaction before the first request,
+        then the requests, then every id Cinder gave in one transaction.
+        A crash before the last commit leaves steps in INTENT, which
+        recovery resolves by the run's name as after an answer lost on
+        the way back."""
         snapshot = self.policy.transfer_mode is TransferMode.SNAPSHOT
         kind = steps.SNAPSHOT_CREATE if snapshot else steps.BACKUP_CREATE
         for job in jobs:
-            job.notes.append("not attached to a server: nothing to freeze")
             job.move(Phase.COPYING if snapshot else Phase.BACKING_UP)
         step_ids = self.journal.begin_steps(
             [
@@ -819,16 +824,24 @@ class PolicyRun:
             ]
         )
         made: list[tuple[int, str]] = []
+
+        def request(job: Job, step: int) -> None:
+            if snapshot:
+                self._create_snapshot(job, step, record=False)
+                made_id = job.snapshot_id
+            else:
+                self._create_backup(job, step, record=False)
+                made_id = job.backup_id
+            if made_id is not None:
+                made.append((step, made_id))
+
         try:
-            for job, step in zip(jobs, step_ids, strict=True):
-                if snapshot:
-                    self._create_snapshot(job, step, record=False)
-                    made_id = job.snapshot_id
-                else:
-                    self._create_backup(job, step, record=False)
-                    made_id = job.backup_id
-                if made_id is not None:
-                    made.append((step, made_id))
+            if parallel and len(jobs) > 1:
+                with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+                    list(pool.map(request, jobs, step_ids))
+            else:
+                for job, step in zip(jobs, step_ids, strict=True):
+                    request(job, step)
         finally:
             self.journal.set_step_resources(made)
 
@@ -863,14 +876,6 @@ class PolicyRun:
             "transfer_mode": self.policy.transfer_mode.value,
             "ownership": self.policy.ownership.value,
         }
-
-    def _request_copy(self, job: Job) -> None:
-        """Ask Cinder for the point-in-time copy: snapshot or backup."""
-        if self.policy.transfer_mode is TransferMode.SNAPSHOT:
-            job.move(Phase.COPYING)
-            self._create_snapshot(job)
-        else:
-            self._create_backup(job)
 
     def _start_group(self, group: list[Job]) -> None:
         """One freeze for a server's volumes, all copies requested inside.
@@ -917,22 +922,18 @@ class PolicyRun:
             )
 
         def thawed(ref: ServerRef, window: FreezeWindow) -> None:
-            if freeze_step:
-                self.journal.complete_step(
-                    freeze_step[0],
-                    details={
-                        "quiesced": window.quiesced,
-                        "error": window.error,
-                    },
-                )
-            thaw = self.journal.begin_step(
+            self.journal.record_thaw(
                 group[0].run_id,
-                steps.THAW,
-                target=ref.server_id,
-                details={"by_watchdog": window.thawed_by_watchdog},
-            )
-            self.journal.complete_step(
-                thaw, details={"freeze_seconds": window.duration}
+                ref.server_id,
+                freeze_step[0] if freeze_step else None,
+                freeze_details={
+                    "quiesced": window.quiesced,
+                    "error": window.error,
+                },
+                thaw_details={
+                    "by_watchdog": window.thawed_by_watchdog,
+                    "freeze_seconds": window.duration,
+                },
             )
 
         try:
@@ -987,8 +988,7 @@ class PolicyRun:
     ) -> set[str]:
         """Request every copy of the group in parallel; return the volume
         ids whose point in time is confirmed inside the freeze."""
-        with concurrent.futures.ThreadPoolExecutor(len(group)) as pool:
-            list(pool.map(self._request_copy, group))
+        self._request_copies(group, parallel=True)
         started = [j for j in group if j.outcome is None]
         if not window.quiesced:
             return set()

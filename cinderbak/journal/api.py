@@ -779,32 +779,65 @@ class Journal:
             (run_id, StepKind(kind), target, dict(details or {}))
             for run_id, kind, target, details in intents
         ]
+        with self._core_writing() as c:
+            return self._insert_steps(c, rows)
+
+    def _insert_steps(
+        self,
+        c: sa.Connection,
+        rows: list[tuple[str, StepKind, str, dict[str, Any]]],
+    ) -> list[int]:
         now = self._now()
         ids: list[int] = []
-        with self._core_writing() as c:
-            for run_id in {row[0] for row in rows}:
-                if c.execute(_RUN_EXISTS, {"key": run_id}).first() is None:
-                    raise NotFound(f"no run {run_id}")
-            for run_id, kind, target, details in rows:
-                inserted = c.execute(
-                    _INSERT_STEP,
-                    {
-                        "run_id": run_id,
-                        "kind": kind,
-                        "target": target,
-                        "state": StepState.INTENT,
-                        "resource_id": None,
-                        "details": details,
-                        "reason": None,
-                        "created_at": now,
-                        "updated_at": now,
-                        "finished_at": None,
-                    },
-                )
-                key = inserted.inserted_primary_key
-                assert key is not None
-                ids.append(int(key[0]))
+        for run_id in {row[0] for row in rows}:
+            if c.execute(_RUN_EXISTS, {"key": run_id}).first() is None:
+                raise NotFound(f"no run {run_id}")
+        for run_id, kind, target, details in rows:
+            inserted = c.execute(
+                _INSERT_STEP,
+                {
+                    "run_id": run_id,
+                    "kind": kind,
+                    "target": target,
+                    "state": StepState.INTENT,
+                    "resource_id": None,
+                    "details": details,
+                    "reason": None,
+                    "created_at": now,
+                    "updated_at": now,
+                    "finished_at": None,
+                },
+            )
+            key = inserted.inserted_primary_key
+            assert key is not None
+            ids.append(int(key[0]))
         return ids
+
+    def record_thaw(
+        self,
+        run_id: str,
+        server_id: str,
+        freeze_step: int | None,
+        *,
+        freeze_details: Mapping[str, Any],
+        thaw_details: Mapping[str, Any],
+    ) -> int:
+        """A guest was thawed: its freeze step DONE (when one was
+        recorded) and a DONE thaw step, in one transaction, so the journal
+        never shows the freeze finished without its thaw. Return the thaw
+        step's id."""
+        with self._core_writing() as c:
+            if freeze_step is not None:
+                self._finish_step(
+                    c, freeze_step, StepState.DONE, None, None, freeze_details
+                )
+            thaw = self._insert_steps(
+                c, [(run_id, StepKind.THAW, server_id, {})]
+            )[0]
+            self._finish_step(
+                c, thaw, StepState.DONE, None, None, thaw_details
+            )
+            return thaw
 
     def set_step_resource(self, step_id: int, resource_id: str) -> None:
         """Record what the action created as soon as the cloud says so.

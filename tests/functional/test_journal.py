@@ -577,6 +577,29 @@ def test_set_step_resources_with_one_refused_keeps_the_others(journal):
     assert journal.get_step(b).resource_id == "snap-1"
 
 
+def test_record_thaw_closes_the_freeze_in_one_go(journal):
+    run_id = _running(journal)
+    freeze = journal.begin_step(
+        run_id, StepKind.FREEZE, target="srv-1", details={"host": "h"}
+    )
+    assert [s.id for s in journal.frozen_servers()] == [freeze]
+    thaw = journal.record_thaw(
+        run_id,
+        "srv-1",
+        freeze,
+        freeze_details={"quiesced": True},
+        thaw_details={"by_watchdog": False, "freeze_seconds": 0.5},
+    )
+    assert journal.frozen_servers() == []
+    done = journal.get_step(freeze)
+    assert done.state is StepState.DONE
+    assert done.details == {"host": "h", "quiesced": True}
+    recorded = journal.get_step(thaw)
+    assert recorded.kind == StepKind.THAW and recorded.target == "srv-1"
+    assert recorded.state is StepState.DONE
+    assert recorded.details == {"by_watchdog": False, "freeze_seconds": 0.5}
+
+
 def test_unknown_ids_raise_not_found(journal):
     with pytest.raises(NotFound):
         journal.get_run("nope")
