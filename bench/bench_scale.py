@@ -19,6 +19,15 @@ subprocess, so CPU and peak RSS are cinderbak's own (``wait4``):
     python bench/bench_scale.py [--sizes 1000,10000,50000] \
         [--run-sizes 1000,10000] [--days 5] [--expiry-volumes 2000]
 
+Only ``run-once`` at 1,000 volumes (the plan before it is printed too):
+
+    python bench/bench_scale.py --sizes 1000 --run-sizes 1000 --only run
+
+``--wrap-run COMMAND`` runs ``run-once`` under a profiler, e.g.
+``--wrap-run 'py-spy record -r 250 -f raw -o run.txt --'`` (py-spy samples
+every thread and, by default, only while on CPU; install it into your own
+venv). The CPU printed then includes the profiler's.
+
 ``--pythonpath DIR`` runs another checkout's cinderbak (e.g. the code
 before a change, ``git archive`` unpacked) with this venv.
 """
@@ -30,6 +39,7 @@ import json
 import os
 import pathlib
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -132,11 +142,17 @@ def control(url: str, path: str) -> dict:
         return json.load(answer)
 
 
-def cinderbak(args: argparse.Namespace, conf: pathlib.Path, *cmd: str):
+def cinderbak(
+    args: argparse.Namespace,
+    conf: pathlib.Path,
+    *cmd: str,
+    wrap: str | None = None,
+):
     env = dict(os.environ)
     if args.pythonpath:
         env["PYTHONPATH"] = args.pythonpath
     argv = [
+        *shlex.split(wrap or ""),
         sys.executable,
         "-m",
         "cinderbak.cmd.cli",
@@ -200,7 +216,13 @@ def bench_size(args: argparse.Namespace, volumes: int, run: bool) -> None:
                 return
             control(sim.url, "reset-stats")
             once = cinderbak(
-                args, conf, "run-once", "--no-audit", "-f", "value"
+                args,
+                conf,
+                "run-once",
+                "--no-audit",
+                "-f",
+                "value",
+                wrap=args.wrap_run,
             )
             stats = control(sim.url, "stats")
             made = stats["created"].get("backups", 0)
@@ -299,6 +321,12 @@ def main() -> None:
     parser.add_argument("--expiry-retention", default="last=7")
     parser.add_argument("--port", type=int, default=19960)
     parser.add_argument("--pythonpath", help="run cinderbak from here")
+    parser.add_argument(
+        "--wrap-run",
+        metavar="COMMAND",
+        help="run run-once under this command (a profiler), e.g. "
+        "'py-spy record -f raw -o run.txt --'",
+    )
     parser.add_argument(
         "--only", choices=("plan", "run", "expiry"), help="one part"
     )

@@ -123,8 +123,34 @@ def trusted_view(
     return dataclasses.replace(info, ours=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class Quota:
+    """A project's quota set with usage: per resource its limit (negative:
+    unlimited), what is in use and what is reserved."""
+
+    limits: Mapping[str, int]
+    usage: Mapping[str, int]
+    reservation: Mapping[str, int]
+
+    @classmethod
+    def from_api(cls, quota_set: Mapping[str, Any]) -> Quota:
+        """Given ``quota_set`` of ``GET /os-quota-sets/{p}?usage=True``
+        (each resource a ``{limit, in_use, reserved}`` mapping), return it
+        as three plain mappings; other keys (``id``) are left out."""
+        limits: dict[str, int] = {}
+        usage: dict[str, int] = {}
+        reservation: dict[str, int] = {}
+        for resource, value in quota_set.items():
+            if not isinstance(value, Mapping):
+                continue
+            limits[resource] = int(value.get("limit", -1))
+            usage[resource] = int(value.get("in_use") or 0)
+            reservation[resource] = int(value.get("reserved") or 0)
+        return cls(limits, usage, reservation)
+
+
 def quota_shortfall(
-    quota: Any, size_gb: int, already: tuple[int, int] = (0, 0)
+    quota: Quota, size_gb: int, already: tuple[int, int] = (0, 0)
 ) -> str | None:
     """Given a project's quota set with usage, say what one more backup of
     ``size_gb`` would exceed, or return None if it fits. ``already`` is
@@ -138,12 +164,12 @@ def quota_shortfall(
         ("backups", 1, already[0]),
         ("backup_gigabytes", size_gb, already[1]),
     ):
-        limit = getattr(quota, resource, None)
+        limit = quota.limits.get(resource)
         if limit is None or limit < 0:
             continue
         used = (
-            (quota.usage or {}).get(resource, 0)
-            + (quota.reservation or {}).get(resource, 0)
+            quota.usage.get(resource, 0)
+            + quota.reservation.get(resource, 0)
             + taken
         )
         if used + needed > limit:

@@ -34,6 +34,7 @@ from cinderbak import (
     backups,
     chains,
     consistency,
+    creating,
     listing,
     metrics,
     phases,
@@ -52,8 +53,8 @@ from cinderbak.discovery import (
     freeze_key,
 )
 from cinderbak.journal import (
-    InvalidTransition,
     Journal,
+    RunEnd,
     RunHandle,
     states,
     steps,
@@ -169,6 +170,9 @@ class Job:
     checksum: concurrent.futures.Future[Checksummed] | None = None
     checksum_step: int | None = None
     checksum_mark: str | None = None
+    # The backup step seen DONE in this poll round, written with the
+    # run's outcome in the round's one transaction (id, details).
+    done_step: tuple[int, dict[str, Any]] | None = None
     outcome: Outcome | None = None
 
     def move(self, target: Phase) -> None:
@@ -233,11 +237,13 @@ class PolicyRun:
         self._last_service_check = -1e18
         self._last_poll = clock()
         self._histories: dict[str, dict[str, list[chains.BackupInfo]]] = {}
-        self._quotas: dict[str, Any] = {}
+        self._quotas: dict[str, backups.Quota] = {}
         self._quota_taken: collections.Counter[tuple[str, str]] = (
             collections.Counter()
         )
         self._trusted: dict[str, set[str]] = {}
+        # Runs of the project being prepared, begun in one transaction.
+        self._handles: dict[str, RunHandle] = {}
         # Outcomes of runs another daemon claimed between our preparing
         # and our starting them (never acted on, never finished by us).
         self._taken: list[Outcome] = []
@@ -411,6 +417,12 @@ class PolicyRun:
             self._trusted = self.journal.known_backups(
                 t.volume_id for g in groups for t in g.targets
             )
+        self._handles = self.journal.begin_runs(
+            self.policy.name,
+            {t.volume_id: t.project_id for g in groups for t in g.targets},
+            self.scheduled_at,
+            attrs=self._run_attrs(),
+        )
         for group in groups:
             jobs: list[Job] = []
             for target in group.targets:
@@ -423,27 +435,37 @@ class PolicyRun:
                 queue.add(group.project_id, jobs, len(jobs))
         if self.policy.ownership is Ownership.PROJECT:
             self._histories.pop(groups[0].project_id, None)
+        self._handles = {}
 
     def _collect(self, in_flight: list[Job], outcomes: list[Outcome]) -> None:
         """Finish every job whose outcome is known and whose cleanup is
-        over; start cleanup for the others."""
-        for job in list(in_flight):
+        over (their outcomes written in one transaction); start cleanup
+        for the others."""
+        ended: list[Job] = []
+        for job in in_flight:
             if job.outcome is not None and job.phase not in phases.FINAL:
                 if job.phase is not Phase.CLEANING_UP:
                     self._begin_cleanup(job)
                 if job.phase is Phase.CLEANING_UP:
                     continue
             if job.phase in phases.FINAL:
-                in_flight.remove(job)
-                self._finish(job)
-                assert job.outcome is not None
-                outcomes.append(job.outcome)
+                ended.append(job)
+        if not ended:
+            return
+        gone = {id(job) for job in ended}
+        in_flight[:] = [job for job in in_flight if id(job) not in gone]
+        self._finish_all(ended)
+        for job in ended:
+            assert job.outcome is not None
+            outcomes.append(job.outcome)
 
     # -- preparing -------------------------------------------------------
 
     def _prepare(self, target: Target) -> Job | Outcome:
         policy = self.policy
-        run = self._begin_run(target)
+        run = self._handles.pop(target.volume_id, None) or self._begin_run(
+            target
+        )
         if run.is_final or run.state is not states.PENDING:
             # Done already, or a worker or recovery holds it: never twice.
             return self._outcome(
@@ -519,11 +541,7 @@ class PolicyRun:
         """Check one more backup against the owner's quota, read once per
         run, counting what this run has already asked for."""
         if owner not in self._quotas:
-            self._quotas[owner] = self.cloud.call(
-                self.cloud.service.block_storage.get_quota_set,
-                owner,
-                usage=True,
-            )
+            self._quotas[owner] = creating.quota(self.cloud, owner)
         taken_backups = self._quota_taken[(owner, "backups")]
         taken_gb = self._quota_taken[(owner, "gigabytes")]
         shortfall = backups.quota_shortfall(
@@ -726,13 +744,28 @@ class PolicyRun:
                 self.server_locks.release(server, self.run_label)
             return False
 
-        for _project, taken_group in queue.take(fits):
+        taken = queue.take(fits)
+        # The runs of detached volumes, requested right below one after
+        # the other, are claimed in one transaction; a server's group is
+        # claimed when its turn comes (its freeze takes a while).
+        claimed = self.journal.start_runs(
+            job.run_id
+            for _project, jobs in taken
+            if _freeze_key(jobs[0]) is None
+            for job in jobs
+        )
+        solo: list[Job] = []
+        groups: list[list[Job]] = []
+        for _project, taken_group in taken:
+            mine = claimed
+            if _freeze_key(taken_group[0]) is not None:
+                mine = self.journal.start_runs(
+                    job.run_id for job in taken_group
+                )
             group = []
             for job in taken_group:
                 job.started = self.clock()
-                try:
-                    self.journal.start_run(job.run_id)
-                except InvalidTransition:
+                if job.run_id not in mine:
                     # Another daemon claimed this volume's run since it was
                     # prepared (the ring changed under us): it is theirs.
                     self.limiter.release(job.target.project_id, zone)
@@ -753,18 +786,64 @@ class PolicyRun:
                     self.server_locks.release(server, self.run_label)
                 continue
             if _freeze_key(group[0]) is None:
-                for job in group:
-                    job.notes.append(
-                        "not attached to a server: nothing to freeze"
-                    )
-                    self._request_copy(job)
+                solo.extend(group)
             else:
-                server = group[0].server_id
-                assert server is not None
-                try:
-                    self._start_group(group)
-                finally:
-                    self.server_locks.release(server, self.run_label)
+                groups.append(group)
+        # Detached volumes first: their requests take milliseconds, a
+        # server's freeze window takes a while.
+        if solo:
+            for job in solo:
+                job.notes.append("not attached to a server: nothing to freeze")
+            self._request_copies(solo)
+        for group in groups:
+            server = group[0].server_id
+            assert server is not None
+            try:
+                self._start_group(group)
+            finally:
+                self.server_locks.release(server, self.run_label)
+
+    def _request_copies(
+        self, jobs: Sequence[Job], *, parallel: bool = False
+    ) -> None:
+        """Request the copies of several jobs (a start round's detached
+        volumes, or a server's volumes inside its freeze, ``parallel``):
+        every intent in one journal transaction before the first request,
+        then the requests, then every id Cinder gave in one transaction.
+        A crash before the last commit leaves steps in INTENT, which
+        recovery resolves by the run's name as after an answer lost on
+        the way back."""
+        snapshot = self.policy.transfer_mode is TransferMode.SNAPSHOT
+        kind = steps.SNAPSHOT_CREATE if snapshot else steps.BACKUP_CREATE
+        for job in jobs:
+            job.move(Phase.COPYING if snapshot else Phase.BACKING_UP)
+        step_ids = self.journal.begin_steps(
+            [
+                (job.run_id, kind, job.target.volume_id, self._intent(job))
+                for job in jobs
+            ]
+        )
+        made: list[tuple[int, str]] = []
+
+        def request(job: Job, step: int) -> None:
+            if snapshot:
+                self._create_snapshot(job, step, record=False)
+                made_id = job.snapshot_id
+            else:
+                self._create_backup(job, step, record=False)
+                made_id = job.backup_id
+            if made_id is not None:
+                made.append((step, made_id))
+
+        try:
+            if parallel and len(jobs) > 1:
+                with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+                    list(pool.map(request, jobs, step_ids))
+            else:
+                for job, step in zip(jobs, step_ids, strict=True):
+                    request(job, step)
+        finally:
+            self.journal.set_step_resources(made)
 
     def _unstarted(
         self,
@@ -789,19 +868,14 @@ class PolicyRun:
             target.volume_id,
             self.scheduled_at,
             project_id=target.project_id,
-            attrs={
-                "transfer_mode": self.policy.transfer_mode.value,
-                "ownership": self.policy.ownership.value,
-            },
+            attrs=self._run_attrs(),
         )
 
-    def _request_copy(self, job: Job) -> None:
-        """Ask Cinder for the point-in-time copy: snapshot or backup."""
-        if self.policy.transfer_mode is TransferMode.SNAPSHOT:
-            job.move(Phase.COPYING)
-            self._create_snapshot(job)
-        else:
-            self._create_backup(job)
+    def _run_attrs(self) -> dict[str, str]:
+        return {
+            "transfer_mode": self.policy.transfer_mode.value,
+            "ownership": self.policy.ownership.value,
+        }
 
     def _start_group(self, group: list[Job]) -> None:
         """One freeze for a server's volumes, all copies requested inside.
@@ -848,22 +922,18 @@ class PolicyRun:
             )
 
         def thawed(ref: ServerRef, window: FreezeWindow) -> None:
-            if freeze_step:
-                self.journal.complete_step(
-                    freeze_step[0],
-                    details={
-                        "quiesced": window.quiesced,
-                        "error": window.error,
-                    },
-                )
-            thaw = self.journal.begin_step(
+            self.journal.record_thaw(
                 group[0].run_id,
-                steps.THAW,
-                target=ref.server_id,
-                details={"by_watchdog": window.thawed_by_watchdog},
-            )
-            self.journal.complete_step(
-                thaw, details={"freeze_seconds": window.duration}
+                ref.server_id,
+                freeze_step[0] if freeze_step else None,
+                freeze_details={
+                    "quiesced": window.quiesced,
+                    "error": window.error,
+                },
+                thaw_details={
+                    "by_watchdog": window.thawed_by_watchdog,
+                    "freeze_seconds": window.duration,
+                },
             )
 
         try:
@@ -918,8 +988,7 @@ class PolicyRun:
     ) -> set[str]:
         """Request every copy of the group in parallel; return the volume
         ids whose point in time is confirmed inside the freeze."""
-        with concurrent.futures.ThreadPoolExecutor(len(group)) as pool:
-            list(pool.map(self._request_copy, group))
+        self._request_copies(group, parallel=True)
         started = [j for j in group if j.outcome is None]
         if not window.quiesced:
             return set()
@@ -982,21 +1051,39 @@ class PolicyRun:
             )
         )
 
-    def _create_snapshot(self, job: Job) -> None:
+    def _intent(self, job: Job) -> dict[str, Any]:
+        """The details of a create step, recorded before the request."""
+        if job.phase is Phase.COPYING:
+            return {"force": job.target.in_use}
+        return {
+            "kind": job.kind,
+            "reason": job.kind_reason,
+            "expected_parent": job.expected_parent,
+            "snapshot_id": job.snapshot_id,
+        }
+
+    def _create_snapshot(
+        self, job: Job, step: int | None = None, *, record: bool = True
+    ) -> None:
+        """Request the temporary snapshot; ``step``: its intent, recorded
+        already (else recorded here); ``record``: write its id now."""
         target = job.target
-        job.snapshot_step = self.journal.begin_step(
-            job.run_id,
-            steps.SNAPSHOT_CREATE,
-            target=target.volume_id,
-            details={"force": target.in_use},
+        job.snapshot_step = (
+            step
+            if step is not None
+            else self.journal.begin_step(
+                job.run_id,
+                steps.SNAPSHOT_CREATE,
+                target=target.volume_id,
+                details=self._intent(job),
+            )
         )
         job.snapshot_id = self._request(
             job,
             job.snapshot_step,
             "snapshot",
-            job.conn.block_storage.create_snapshot,
-            job.conn.block_storage.snapshots,
             self.policy.snapshot_timeout,
+            record=record,
             volume_id=target.volume_id,
             name=self.name,
             description="temporary: source of a cinderbak backup",
@@ -1004,20 +1091,24 @@ class PolicyRun:
             metadata=self._marks(job),
         )
 
-    def _create_backup(self, job: Job) -> None:
+    def _create_backup(
+        self, job: Job, step: int | None = None, *, record: bool = True
+    ) -> None:
+        """Request the backup; ``step`` and ``record`` as for
+        :meth:`_create_snapshot`."""
         target = job.target
         incremental = job.kind == chains.INCREMENTAL
-        job.move(Phase.BACKING_UP)
-        job.backup_step = self.journal.begin_step(
-            job.run_id,
-            steps.BACKUP_CREATE,
-            target=target.volume_id,
-            details={
-                "kind": job.kind,
-                "reason": job.kind_reason,
-                "expected_parent": job.expected_parent,
-                "snapshot_id": job.snapshot_id,
-            },
+        if job.phase is not Phase.BACKING_UP:
+            job.move(Phase.BACKING_UP)
+        job.backup_step = (
+            step
+            if step is not None
+            else self.journal.begin_step(
+                job.run_id,
+                steps.BACKUP_CREATE,
+                target=target.volume_id,
+                details=self._intent(job),
+            )
         )
         attrs: dict[str, Any] = {
             "volume_id": target.volume_id,
@@ -1039,9 +1130,8 @@ class PolicyRun:
             job,
             job.backup_step,
             "backup",
-            job.conn.block_storage.create_backup,
-            job.conn.block_storage.backups,
             self.policy.backup_timeout,
+            record=record,
             **attrs,
         )
         if job.backup_id is not None:
@@ -1053,9 +1143,9 @@ class PolicyRun:
         job: Job,
         step: int,
         what: str,
-        create: Callable[..., Any],
-        listing_of: Callable[..., Iterable[Any]],
         timeout: float,
+        *,
+        record: bool = True,
         **attrs: Any,
     ) -> str | None:
         """Ask Cinder to create a snapshot or backup, exactly once.
@@ -1065,14 +1155,24 @@ class PolicyRun:
         the request: after an answer lost on the way back the step looks
         the resource up by it and adopts it instead of creating a second
         one (:meth:`cinderbak.cloud.Cloud.create`). The id is recorded as
-        soon as it is known; a refusal is the job's outcome.
+        soon as it is known; a refusal is the job's outcome. Request and
+        answer are plain JSON (:mod:`cinderbak.creating` says why).
         """
 
-        def find() -> Any:
-            return _find_created(
-                listing_of, job.target.volume_id, self.name, self.conf
+        def create(**fields: Any) -> dict[str, Any]:
+            return creating.create(self.cloud, job.conn, what, **fields)
+
+        def find() -> dict[str, Any] | None:
+            return creating.find_created(
+                self.cloud,
+                job.conn,
+                what,
+                volume_id=job.target.volume_id,
+                name=self.name,
+                deployment_id=self.conf.deployment_id,
             )
 
+        create.__name__ = f"create_{what}"
         try:
             resource = self.cloud.create(create, find, **attrs)
         except API_ERRORS as exc:
@@ -1089,9 +1189,10 @@ class PolicyRun:
             self.journal.fail_step(step, str(exc))
             self._fail(job, f"{what} refused: {exc}")
             return None
-        self.journal.set_step_resource(step, resource.id)
+        if record:
+            self.journal.set_step_resource(step, str(resource["id"]))
         job.deadline = self.clock() + timeout
-        return str(resource.id)
+        return str(resource["id"])
 
     # -- observing -------------------------------------------------------
 
@@ -1247,14 +1348,19 @@ class PolicyRun:
 
     def _backup_available(self, job: Job, item: dict[str, Any]) -> None:
         assert job.backup_step is not None
-        self.journal.complete_step(
-            job.backup_step,
-            resource_id=job.backup_id,
-            details={
-                "is_incremental": bool(item.get("is_incremental")),
-                "size_gb": item.get("size"),
-            },
-        )
+        details = {
+            "is_incremental": bool(item.get("is_incremental")),
+            "size_gb": item.get("size"),
+        }
+        if self.checksummer is None and not job.snapshot_id:
+            # The job ends in this round: its step is written DONE with
+            # the run's outcome (:meth:`_finish_all`), one transaction for
+            # the round. The step already holds the backup's id (ACTING).
+            job.done_step = (job.backup_step, details)
+        else:
+            self.journal.complete_step(
+                job.backup_step, resource_id=job.backup_id, details=details
+            )
         if self.capacity is not None:
             self.limiter.set_total(self.capacity.succeeded())
         if job.kind == chains.INCREMENTAL and not item.get("is_incremental"):
@@ -1420,17 +1526,35 @@ class PolicyRun:
         self.journal.complete_step(step)
 
     def _finish(self, job: Job) -> None:
-        assert job.outcome is not None
-        if job.holds_slot:
-            self.limiter.release(
-                job.target.project_id, self.policy.backup_availability_zone
+        self._finish_all([job])
+
+    def _finish_all(self, jobs: Sequence[Job]) -> None:
+        """Record the outcomes of jobs that ended, with the backup steps
+        they saw DONE, in one journal transaction; then release, count,
+        announce and write back. A crash before the commit leaves the
+        runs RUNNING and their steps ACTING: recovery looks at the
+        backups again and settles them, so nothing is lost."""
+        ends = []
+        for job in jobs:
+            assert job.outcome is not None
+            if job.holds_slot:
+                self.limiter.release(
+                    job.target.project_id, self.policy.backup_availability_zone
+                )
+                job.holds_slot = False
+            job.outcome.notes = list(job.notes)
+            state = {"ok": states.SUCCEEDED, "timeout": states.TIMED_OUT}.get(
+                job.outcome.status, states.FAILED
             )
-            job.holds_slot = False
-        job.outcome.notes = list(job.notes)
-        state = {"ok": states.SUCCEEDED, "timeout": states.TIMED_OUT}.get(
-            job.outcome.status, states.FAILED
-        )
-        self.journal.finish_run(job.run_id, state, job.outcome.as_dict())
+            done = (job.done_step,) if job.done_step else ()
+            job.done_step = None
+            ends.append(RunEnd(job.run_id, state, job.outcome.as_dict(), done))
+        self.journal.finish_runs(ends)
+        for job in jobs:
+            self._announce(job)
+
+    def _announce(self, job: Job) -> None:
+        assert job.outcome is not None
         metrics.record_backup(self.policy.name, job.outcome.status)
         announce.backup_ended(
             self.conf,
@@ -1491,20 +1615,6 @@ def _outcome_phase(outcome: Outcome) -> Phase:
     return {"ok": Phase.DONE, "timeout": Phase.TIMED_OUT}.get(
         outcome.status, Phase.FAILED
     )
-
-
-def _find_created(
-    listing_of: Callable[..., Iterable[Any]],
-    volume_id: str,
-    name: str,
-    conf: cfg.ConfigOpts,
-) -> Any:
-    """What a create of this run made on this volume, if anything: the
-    run's name and our owner mark identify it."""
-    for item in listing_of(details=True, volume_id=volume_id, name=name):
-        if tenant.is_ours(item.metadata or {}, conf.deployment_id):
-            return item
-    return None
 
 
 def write_back(

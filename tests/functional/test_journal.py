@@ -468,6 +468,138 @@ def test_finish_run_wants_an_outcome_reachable_from_now(journal):
     assert missed.state is RunState.MISSED and missed.started_at is None
 
 
+def test_begin_runs_begins_many_and_finds_those_already_there(journal):
+    first = journal.begin_run("daily", "vol-1", T0, project_id="p")
+    journal.start_run(first.id)
+    handles = journal.begin_runs(
+        "daily",
+        {"vol-1": "p", "vol-2": "p", "vol-3": "q"},
+        T0,
+        attrs={"transfer_mode": "volume"},
+    )
+    assert set(handles) == {"vol-1", "vol-2", "vol-3"}
+    assert not handles["vol-1"].created
+    assert handles["vol-1"].state is RunState.RUNNING
+    assert handles["vol-2"].created and handles["vol-3"].created
+    assert handles["vol-3"].project_id == "q"
+    again = journal.begin_run("daily", "vol-3", T0, project_id="q")
+    assert again.id == handles["vol-3"].id and not again.created
+    assert journal.get_run(again.id).attrs == {"transfer_mode": "volume"}
+
+
+def test_start_runs_claims_only_pending_runs(journal):
+    a = journal.begin_run("daily", "vol-1", T0, project_id="p")
+    b = journal.begin_run("daily", "vol-2", T0, project_id="p")
+    journal.start_run(b.id)  # another worker has it
+    claimed = journal.start_runs([a.id, b.id])
+    assert set(claimed) == {a.id}
+    assert claimed[a.id].state is RunState.RUNNING
+    assert journal.get_run(a.id).started_at is not None
+    with pytest.raises(NotFound):
+        journal.start_runs(["nope"])
+
+
+def test_finish_runs_writes_outcomes_and_done_steps_at_once(journal):
+    ids = [_running(journal, f"vol-{n}") for n in range(3)]
+    step = journal.begin_step(
+        ids[0], StepKind.BACKUP_CREATE, target="vol-0", details={"k": 1}
+    )
+    journal.set_step_resource(step, "bk-1")
+    journal.finish_runs(
+        [
+            journal_pkg.RunEnd(
+                ids[0], RunState.SUCCEEDED, {"ok": 1}, ((step, {"size": 2}),)
+            ),
+            journal_pkg.RunEnd(ids[1], RunState.FAILED, {"error": "x"}),
+        ]
+    )
+    done = journal.get_run(ids[0])
+    assert done.state is RunState.SUCCEEDED and done.summary == {"ok": 1}
+    assert done.steps and done.steps[0].state is StepState.DONE
+    assert done.steps[0].details == {"k": 1, "size": 2}
+    assert done.steps[0].resource_id == "bk-1"
+    assert journal.get_run(ids[1]).state is RunState.FAILED
+    assert journal.get_run(ids[2]).state is RunState.RUNNING
+
+
+def test_finish_runs_with_one_refused_keeps_the_others(journal):
+    ids = [_running(journal, f"vol-{n}") for n in range(2)]
+    journal.finish_run(ids[0], RunState.FAILED)
+    with pytest.raises(InvalidTransition):
+        journal.finish_runs(
+            [
+                journal_pkg.RunEnd(ids[1], RunState.SUCCEEDED),
+                journal_pkg.RunEnd(ids[0], RunState.SUCCEEDED),
+            ]
+        )
+    assert journal.get_run(ids[1]).state is RunState.SUCCEEDED
+    assert journal.get_run(ids[0]).state is RunState.FAILED
+
+
+def test_begin_steps_and_set_step_resources_in_one_go(journal):
+    ids = [_running(journal, f"vol-{n}") for n in range(2)]
+    made = journal.begin_steps(
+        [
+            (ids[0], StepKind.BACKUP_CREATE, "vol-0", {"kind": "full"}),
+            (ids[1], StepKind.SNAPSHOT_CREATE, "vol-1", None),
+        ]
+    )
+    assert len(made) == 2 and made[0] != made[1]
+    first = journal.get_step(made[0])
+    assert first.state is StepState.INTENT and first.details == {
+        "kind": "full"
+    }
+    journal.set_step_resources([(made[0], "bk-1"), (made[1], "snap-1")])
+    assert journal.get_step(made[0]).state is StepState.ACTING
+    assert journal.get_step(made[1]).resource_id == "snap-1"
+    with pytest.raises(NotFound):
+        journal.begin_steps(
+            [
+                (ids[0], StepKind.THAW, "s", None),
+                ("no", StepKind.THAW, "s", None),
+            ]
+        )
+    assert len(journal.get_run(ids[0]).steps or ()) == 1
+
+
+def test_set_step_resources_with_one_refused_keeps_the_others(journal):
+    run_id = _running(journal)
+    a, b = journal.begin_steps(
+        [
+            (run_id, StepKind.BACKUP_CREATE, "vol-1", None),
+            (run_id, StepKind.SNAPSHOT_CREATE, "vol-1", None),
+        ]
+    )
+    journal.set_step_resource(b, "snap-1")
+    with pytest.raises(ValueError, match="already has resource"):
+        journal.set_step_resources([(a, "bk-1"), (b, "snap-2")])
+    assert journal.get_step(a).resource_id == "bk-1"
+    assert journal.get_step(b).resource_id == "snap-1"
+
+
+def test_record_thaw_closes_the_freeze_in_one_go(journal):
+    run_id = _running(journal)
+    freeze = journal.begin_step(
+        run_id, StepKind.FREEZE, target="srv-1", details={"host": "h"}
+    )
+    assert [s.id for s in journal.frozen_servers()] == [freeze]
+    thaw = journal.record_thaw(
+        run_id,
+        "srv-1",
+        freeze,
+        freeze_details={"quiesced": True},
+        thaw_details={"by_watchdog": False, "freeze_seconds": 0.5},
+    )
+    assert journal.frozen_servers() == []
+    done = journal.get_step(freeze)
+    assert done.state is StepState.DONE
+    assert done.details == {"host": "h", "quiesced": True}
+    recorded = journal.get_step(thaw)
+    assert recorded.kind == StepKind.THAW and recorded.target == "srv-1"
+    assert recorded.state is StepState.DONE
+    assert recorded.details == {"by_watchdog": False, "freeze_seconds": 0.5}
+
+
 def test_unknown_ids_raise_not_found(journal):
     with pytest.raises(NotFound):
         journal.get_run("nope")

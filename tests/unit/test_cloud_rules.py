@@ -3,7 +3,6 @@
 import pytest
 from keystoneauth1 import exceptions as ks_exceptions
 from openstack import exceptions as sdk_exceptions
-from openstack.block_storage.v3.quota_set import QuotaSet
 
 from cinderbak import backups, cloud
 
@@ -81,8 +80,44 @@ def test_a_keystone_503_wrapped_by_the_sdk_is_repeated():
         assert cloud.is_retryable(wrapped, idempotent=False)
 
 
-def _quota(**values):
-    return QuotaSet(**values)
+def _quota(usage=None, reservation=None, **limits):
+    """A quota set as ``GET /os-quota-sets/{p}?usage=True`` answers it."""
+    usage = usage or {}
+    reservation = reservation or {}
+    return backups.Quota.from_api(
+        {
+            "id": "p",
+            **{
+                name: {
+                    "limit": limit,
+                    "in_use": usage.get(name, 0),
+                    "reserved": reservation.get(name, 0),
+                }
+                for name, limit in limits.items()
+            },
+        }
+    )
+
+
+def test_quota_read_from_cinders_usage_form():
+    quota = backups.Quota.from_api(
+        {
+            "id": "p",
+            "backups": {"limit": 10, "in_use": 3, "reserved": 1},
+            "backup_gigabytes": {"limit": -1, "in_use": 40, "reserved": None},
+        }
+    )
+    assert quota.limits == {"backups": 10, "backup_gigabytes": -1}
+    assert quota.usage == {"backups": 3, "backup_gigabytes": 40}
+    assert quota.reservation == {"backups": 1, "backup_gigabytes": 0}
+
+
+def test_quota_with_one_backup_left():
+    quota = _quota(backups=4, usage={"backups": 3}, reservation={})
+    assert backups.quota_shortfall(quota, 1) is None
+    assert backups.quota_shortfall(quota, 1, already=(1, 0)) == (
+        "backup quota exceeded: backups quota 4 has 0 left, one backup needs 1"
+    )
 
 
 def test_quota_fits():
