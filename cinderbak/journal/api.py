@@ -584,10 +584,14 @@ class Journal:
         """Claim several PENDING runs in one transaction (a group about to
         start); return the records of those claimed. A run someone else
         claimed first is left out, as :meth:`start_run` would have
-        refused it; an unknown id raises NotFound."""
+        refused it; an unknown id raises NotFound.
+
+        Rows are locked in id order: two daemons claiming overlapping
+        groups (the ring changing under them) then wait for each other
+        instead of deadlocking, and the first takes the whole group."""
         claimed: dict[str, RunRecord] = {}
         with self._core_writing() as c:
-            for run_id in run_ids:
+            for run_id in sorted(set(run_ids)):
                 try:
                     claimed[run_id] = self._start_run(c, run_id)
                 except InvalidTransition:
