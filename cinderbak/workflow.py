@@ -1062,22 +1062,25 @@ class PolicyRun:
             "snapshot_id": job.snapshot_id,
         }
 
+    def _intent_step(self, job: Job, kind: str, step: int | None) -> int:
+        """The create's intent step: recorded already with its group's
+        (``step``), or recorded now."""
+        if step is not None:
+            return step
+        return self.journal.begin_step(
+            job.run_id,
+            kind,
+            target=job.target.volume_id,
+            details=self._intent(job),
+        )
+
     def _create_snapshot(
         self, job: Job, step: int | None = None, *, record: bool = True
     ) -> None:
         """Request the temporary snapshot; ``step``: its intent, recorded
         already (else recorded here); ``record``: write its id now."""
         target = job.target
-        job.snapshot_step = (
-            step
-            if step is not None
-            else self.journal.begin_step(
-                job.run_id,
-                steps.SNAPSHOT_CREATE,
-                target=target.volume_id,
-                details=self._intent(job),
-            )
-        )
+        job.snapshot_step = self._intent_step(job, steps.SNAPSHOT_CREATE, step)
         job.snapshot_id = self._request(
             job,
             job.snapshot_step,
@@ -1100,16 +1103,7 @@ class PolicyRun:
         incremental = job.kind == chains.INCREMENTAL
         if job.phase is not Phase.BACKING_UP:
             job.move(Phase.BACKING_UP)
-        job.backup_step = (
-            step
-            if step is not None
-            else self.journal.begin_step(
-                job.run_id,
-                steps.BACKUP_CREATE,
-                target=target.volume_id,
-                details=self._intent(job),
-            )
-        )
+        job.backup_step = self._intent_step(job, steps.BACKUP_CREATE, step)
         attrs: dict[str, Any] = {
             "volume_id": target.volume_id,
             "name": self.name,

@@ -248,6 +248,16 @@ def _wait_settled(journal, policy, slot, volumes, timeout, what) -> None:
     wait_until(settled, timeout, what, interval=1)
 
 
+def _wait_shares_settled(journal, policy, slot, what) -> None:
+    """Wait until the slot's 12 volume runs and 3 shares are final."""
+
+    def settled() -> bool:
+        runs = _slot_runs(journal, policy, slot)
+        return _final(runs) and len(runs) >= 12 + 3
+
+    wait_until(settled, 240, what, interval=1)
+
+
 def _final(runs) -> bool:
     return bool(runs) and all(r.is_final for r in runs)
 
@@ -308,14 +318,8 @@ def test_three_daemons_share_slots_and_a_survivor_thaws_a_killed_ones_guest(
             150,
             "the first slot with all three",
         )
-        wait_until(
-            lambda: (
-                _final(_slot_runs(journal, policy, first))
-                and len(_slot_runs(journal, policy, first)) >= 12 + 3
-            ),
-            240,
-            "slot 1 settled by all three daemons",
-            interval=1,
+        _wait_shares_settled(
+            journal, policy, first, "slot 1 settled by all three daemons"
         )
         runs = _slot_runs(journal, policy, first)
         by_volume = collections.Counter(
@@ -504,14 +508,8 @@ def test_the_coordination_backend_away_during_a_slot(
         )
         os.kill(etcd_pid, signal.SIGSTOP)
         try:
-            wait_until(
-                lambda: (
-                    _final(_slot_runs(journal, policy, first))
-                    and len(_slot_runs(journal, policy, first)) >= 12 + 3
-                ),
-                240,
-                "slot 1 settled with etcd away",
-                interval=1,
+            _wait_shares_settled(
+                journal, policy, first, "slot 1 settled with etcd away"
             )
             # Away for longer than a lease: every member's key lapses.
             time.sleep(max(0, LEASE + 5))
