@@ -313,9 +313,7 @@ class Group:
         return membership.due_for_takeover(self._view, now, self.lease)
 
     def _share_between(self, live: frozenset[str]) -> None:
-        """The ring over the live members (rebuilt from the membership at
-        every look rather than from join and leave events: a member that
-        missed an event would keep a ring the others do not have)."""
+        """Share the work between ``live`` (see :meth:`_set_ring`)."""
         if live and live != self._members:
             LOG.info(
                 "coordination: work now shared between %s",

@@ -72,15 +72,12 @@ def _track_beats(
     row that appeared, is a beat seen now."""
     if beats is None:
         return None if view.beats is None else dict(view.beats)
+    if view.beats is None:
+        return {host: (count, -math.inf) for host, count in beats.items()}
     tracked: dict[str, tuple[int, float]] = {}
     for host, count in beats.items():
-        seen = None if view.beats is None else view.beats.get(host, (-1, 0.0))
-        if seen is None:
-            tracked[host] = (count, -math.inf)
-        elif seen[0] == count:
-            tracked[host] = seen
-        else:
-            tracked[host] = (count, now)
+        seen = view.beats.get(host)
+        tracked[host] = seen if seen and seen[0] == count else (count, now)
     return tracked
 
 

@@ -268,6 +268,9 @@ _LOCK = {
 _LOCK_MANY = {
     table.name: sa.select(table)
     .where(table.c.id.in_(sa.bindparam("keys", expanding=True)))
+    # In id order, as start_runs claims: two writers locking overlapping
+    # rows wait for each other instead of deadlocking.
+    .order_by(table.c.id)
     .with_for_update()
     for table in (_RUNS, _STEPS)
 }
@@ -1166,8 +1169,8 @@ class Journal:
 
     def beat(self, group: str, host: str) -> dict[str, int]:
         """Count one heartbeat of ``host`` in ``group`` and return every
-        beat counter of the group (see :class:`models.Beat`). One write
-        and one read, every few seconds per daemon."""
+        beat counter of the group (see :class:`models.Beat`): one
+        transaction every few seconds per daemon."""
         beat = models.Beat
         mine = (beat.group == group) & (beat.host == host)
         with self._writing() as s:
@@ -1180,8 +1183,8 @@ class Journal:
                 s.add(
                     beat(group=group, host=host, beats=1, beat_at=self._now())
                 )
-        query = sa.select(beat.host, beat.beats).where(beat.group == group)
-        with self._read() as s:
+                s.flush()
+            query = sa.select(beat.host, beat.beats).where(beat.group == group)
             return {str(h): int(n) for h, n in s.execute(query)}
 
     def beat_rows(self) -> list[tuple[str, str, int, datetime.datetime]]:

@@ -38,14 +38,25 @@ def days(
     ``passes`` passes each delete their budget."""
     backlog, out = start, []
     for _ in range(n):
-        backlog += created
-        deleted = 0
-        for _ in range(passes):
-            budget = pace.pass_budget(backlog, floor=floor, spread=spread)
-            deleted += budget
-            backlog -= budget
+        deleted, backlog = one_day(
+            backlog, created, passes, floor=floor, spread=spread
+        )
         out.append((deleted, backlog))
     return out
+
+
+def one_day(
+    backlog: int, created: int, passes: int, *, floor: int, spread: int
+) -> tuple[int, int]:
+    """(deleted, backlog after) for one day: ``created`` backups expire,
+    then ``passes`` passes each delete their budget."""
+    backlog += created
+    deleted = 0
+    for _ in range(passes):
+        budget = pace.pass_budget(backlog, floor=floor, spread=spread)
+        deleted += budget
+        backlog -= budget
+    return deleted, backlog
 
 
 @settings(max_examples=300, deadline=None)
@@ -85,12 +96,9 @@ def test_in_steady_state_a_day_deletes_what_a_day_creates(
         if backlog in seen:
             break
         seen[backlog] = day
-        backlog += created
-        deleted = 0
-        for _ in range(passes):
-            budget = pace.pass_budget(backlog, floor=floor, spread=spread)
-            deleted += budget
-            backlog -= budget
+        deleted, backlog = one_day(
+            backlog, created, passes, floor=floor, spread=spread
+        )
         deleted_by_day.append(deleted)
     else:
         raise AssertionError("the backlog never settled")
