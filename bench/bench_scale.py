@@ -192,7 +192,33 @@ def requests_total(stats: dict) -> int:
     )
 
 
-def bench_size(args: argparse.Namespace, volumes: int, run: bool) -> None:
+NO_VOLUME = "00000000-0000-0000-0000-000000000000"
+
+
+def plan_startup(args: argparse.Namespace) -> float:
+    """CPU of ``plan`` over a region with no volume: the interpreter, the
+    imports, the configuration, the journal's schema check and one token.
+    What a size costs above it is discovery, reading and planning."""
+    sim = simcloud.start(sim_args(args, 0))
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+            conf = config(
+                pathlib.Path(tmp),
+                sim.url,
+                retention=args.retention,
+                full_every=args.full_every,
+                ownership=args.ownership,
+            )
+            cpu = cinderbak(args, conf, "plan", "-f", "value").cpu
+    finally:
+        sim.stop()
+    print(f"plan           0 volumes: {cpu:7.1f} CPU s (start-up)", flush=True)
+    return float(cpu)
+
+
+def bench_size(
+    args: argparse.Namespace, volumes: int, run: bool, startup: float
+) -> None:
     sim = simcloud.start(sim_args(args, volumes))
     try:
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
@@ -210,6 +236,25 @@ def bench_size(args: argparse.Namespace, volumes: int, run: bool) -> None:
                 f"plan      {volumes:>6} volumes: {plan.cpu:7.1f} CPU s, "
                 f"{plan.rss_mb:6.0f} MB peak RSS, {plan.wall:7.1f} s wall, "
                 f"{requests_total(stats)} requests",
+                flush=True,
+            )
+            # --volume limits what is printed, not what is planned: with a
+            # volume that does not exist, everything is read and planned
+            # and nothing printed.
+            quiet = cinderbak(
+                args,
+                conf,
+                "plan",
+                "-f",
+                "value",
+                "--volume",
+                NO_VOLUME,
+                wrap=args.wrap_plan,
+            )
+            print(
+                f"          {volumes:>6} volumes: above start-up, "
+                f"discovery + reading + planning {quiet.cpu - startup:.1f} "
+                f"CPU s, printing {plan.cpu - quiet.cpu:.1f} CPU s",
                 flush=True,
             )
             if not run:
@@ -328,6 +373,12 @@ def main() -> None:
         "'py-spy record -f raw -o run.txt --'",
     )
     parser.add_argument(
+        "--wrap-plan",
+        metavar="COMMAND",
+        help="run the plan that prints nothing under this command, as "
+        "--wrap-run",
+    )
+    parser.add_argument(
         "--only", choices=("plan", "run", "expiry"), help="one part"
     )
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -335,8 +386,14 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
     if args.only != "expiry":
         runs = {int(n) for n in args.run_sizes.split(",") if n}
+        startup = plan_startup(args)
         for size in (int(n) for n in args.sizes.split(",") if n):
-            bench_size(args, size, run=size in runs and args.only != "plan")
+            bench_size(
+                args,
+                size,
+                run=size in runs and args.only != "plan",
+                startup=startup,
+            )
     if args.only in (None, "expiry"):
         bench_expiry(args)
 

@@ -716,12 +716,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
             index, key = "name", query["name"]
         elif query.get("volume_id"):
             index, key = "volume", query["volume_id"]
+        elif everyone and query.get("project_id"):
+            # An admin's column filter (Cinder lets admins filter on any
+            # column of the model; see api/common.reject_invalid_filters).
+            index, key = "project", query["project_id"]
         elif not everyone:
             index, key = "project", project
         else:
             index, key = "all", None
         if not everyone:
             filters.append(lambda i: i["_project"] == project)
+        elif query.get("project_id"):
+            filters.append(lambda i: i["_project"] == query["project_id"])
         if query.get("volume_id"):
             filters.append(lambda i: i.get("volume_id") == query["volume_id"])
         if query.get("status"):

@@ -67,15 +67,29 @@ def verification_ended(
         LOG.exception("backup %s: could not announce", row.backup_id)
 
 
+def slot_runs(
+    journal: Journal, policy: str, scheduled_at: datetime.datetime
+) -> list[RunRecord]:
+    """The runs of one slot as its report needs them: with their steps
+    for an expiry pass (its deletions), without for the others."""
+    kind, _ = report.kind_of(policy)
+    return journal.slot_runs(
+        policy, scheduled_at, with_steps=kind == report.EXPIRY
+    )
+
+
 def load(
     journal: Journal,
     conf: cfg.ConfigOpts,
     policies: Mapping[str, Policy],
     run: RunRecord,
     now: datetime.datetime,
+    runs: list[RunRecord] | None = None,
 ) -> report.Report:
-    """Read one run's slot from the journal and build its report."""
-    runs = journal.slot_runs(run.policy, run.scheduled_at)
+    """Read one run's slot from the journal (unless ``runs`` are that
+    slot's, already read) and build its report."""
+    if runs is None:
+        runs = slot_runs(journal, run.policy, run.scheduled_at)
     kind, name = report.kind_of(run.policy)
     known = policies.get(name)
     if kind != report.BACKUP or known is None:
@@ -102,11 +116,16 @@ def run_ended(
     """A run (backup slot, expiry or verification pass) is over: count
     it, notify and mail its report. Return the report."""
     try:
-        runs = parts.journal.slot_runs(policy_name, scheduled_at)
+        runs = slot_runs(parts.journal, policy_name, scheduled_at)
         if not runs:
             return None
         done = load(
-            parts.journal, parts.conf, parts.policies, runs[0], _utcnow()
+            parts.journal,
+            parts.conf,
+            parts.policies,
+            runs[0],
+            _utcnow(),
+            runs,
         )
         metrics.record_report(done)
         sender = _notifier(parts.conf)

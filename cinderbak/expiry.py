@@ -64,7 +64,6 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
-import openstack.connection
 from openstack import exceptions as sdk_exceptions
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -145,7 +144,6 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
 
 RUN_PREFIX = "expire:"
 RUN_TARGET = "expiry"
-PAGE_SIZE = 500
 
 # Results of a deletion, as shown in the ``result`` column.
 DRY_RUN = "dry run: would delete"
@@ -221,7 +219,6 @@ class VolumePlan:
     project_id: str  # the project the backups belong to
     volume_id: str
     volume_exists: bool
-    conn: openstack.connection.Connection  # acts in ``project_id``
     history: Mapping[str, BackupInfo]  # every backup, ours or not, by id
     plan: retention.Plan
 
@@ -280,9 +277,16 @@ class VolumePlan:
 
 
 def _iso(value: datetime.datetime | None) -> str:
+    """``value`` in UTC to the second, as ``2026-12-01T20:00:00Z``.
+
+    ``isoformat`` instead of ``strftime``: a plan prints one per backup,
+    and strftime was a twentieth of a region's plan.
+    """
     if value is None:
         return ""
-    return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if value.utcoffset():
+        value = value.astimezone(datetime.UTC)
+    return value.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 # -- pure helpers ------------------------------------------------------
@@ -418,14 +422,6 @@ class _Reader:
         projects |= self.parts.journal.projects_of_policy(self.policy.name)
         return sorted(projects)
 
-    def connection(self, project_id: str) -> openstack.connection.Connection:
-        conn: openstack.connection.Connection = (
-            self.cloud.service
-            if self.policy.ownership is Ownership.SERVICE
-            else self.cloud.for_project(project_id)
-        )
-        return conn
-
     def volume_exists(self, volume_id: str) -> bool:
         if volume_id not in self._exists:
             try:
@@ -472,18 +468,14 @@ class _Reader:
         )
         return {volume.id: volume.project_id for volume in found}
 
-    def project_backups(
-        self, project_id: str
-    ) -> tuple[openstack.connection.Connection, dict[str, list[Any]]]:
+    def project_backups(self, project_id: str) -> dict[str, list[Any]]:
         """The project's backups as listed, by volume (page by page, as
-        plain decoded JSON: :mod:`cinderbak.listing`)."""
-        conn = self.connection(project_id)
+        plain decoded JSON, with the service user's token:
+        :func:`cinderbak.listing.project_backups`)."""
         by_volume: dict[str, list[Any]] = {}
-        for item in listing.pages(
-            self.cloud, conn, "/backups/detail", "backups", limit=PAGE_SIZE
-        ):
+        for item in listing.project_backups(self.cloud, project_id):
             by_volume.setdefault(item.get("volume_id") or "", []).append(item)
-        return conn, by_volume
+        return by_volume
 
     def plans(
         self,
@@ -501,8 +493,8 @@ class _Reader:
         targets = self.targets()
         for project_id in self.owners(targets):
             try:
-                conn, by_volume = self.project_backups(project_id)
-            except (NoRoleInProject, *API_ERRORS) as exc:
+                by_volume = self.project_backups(project_id)
+            except API_ERRORS as exc:
                 name = self.policy.name
                 LOG.error("policy %s: project %s: %s", name, project_id, exc)
                 self.problems.append(
@@ -514,7 +506,7 @@ class _Reader:
                 pace_of,
                 volume_ids,
                 deletions_only,
-                (project_id, conn, by_volume, targets),
+                (project_id, by_volume, targets),
                 owns,
             )
 
@@ -524,15 +516,10 @@ class _Reader:
         pace_of: Pace,
         volume_ids: Collection[str] | None,
         deletions_only: bool,
-        read: tuple[
-            str,
-            openstack.connection.Connection,
-            dict[str, list[Any]],
-            Mapping[str, str],
-        ],
+        read: tuple[str, dict[str, list[Any]], Mapping[str, str]],
         owns: Callable[[str], bool] | None = None,
     ) -> Iterator[VolumePlan]:
-        project_id, conn, by_volume, targets = read
+        project_id, by_volume, targets = read
         name = self.policy.name
         trusted = self.parts.journal.known_backups(by_volume)
         infos = {
@@ -601,7 +588,6 @@ class _Reader:
                 project_id=project_id,
                 volume_id=volume_id,
                 volume_exists=exists,
-                conn=conn,
                 history=history,
                 plan=result,
             )
@@ -905,12 +891,20 @@ class _Deleter:
             params = {"volume_id": plan.volume_id} if service else {}
             listed = {
                 item["id"]: item
-                for item in listing.pages(
-                    self.cloud, plan.conn, "/backups/detail", "backups", params
+                for item in listing.project_backups(
+                    self.cloud, plan.project_id, params
                 )
             }
             taken = self._listed[key] = (self.clock(), listed)
         return taken[1]
+
+    def _storage(self, plan: VolumePlan) -> Any:
+        """Block Storage acting where the plan's backups are: the service
+        project's, or the tenant's project with its own token (cached);
+        a deletion is a write, and is made as the owner would make it."""
+        if plan.policy.ownership is Ownership.SERVICE:
+            return self.cloud.service.block_storage
+        return self.cloud.for_project(plan.project_id).block_storage
 
     def _start_next(self, queue: _Queue) -> bool:
         """Start the queue's next deletion that passes the checks; return
@@ -934,7 +928,6 @@ class _Deleter:
         """
         plan = queue.plan
         backup_id = decision.backup_id
-        storage = plan.conn.block_storage
         try:
             found = self._fresh(queue).get(backup_id)
             if (
@@ -945,7 +938,7 @@ class _Deleter:
                 # Listed before we deleted its child: only Cinder knows
                 # whether it still counts one. Asked about this one.
                 found = _as_listed(
-                    self.cloud.call(storage.get_backup, backup_id)
+                    self.cloud.call(self._storage(plan).get_backup, backup_id)
                 )
         except sdk_exceptions.NotFoundException:
             found = None
@@ -981,6 +974,11 @@ class _Deleter:
                 why_not,
             )
             self.results[backup_id] = f"{SKIPPED}: {why_not}"
+            return _SETTLED
+        try:
+            storage = self._storage(plan)
+        except (NoRoleInProject, *API_ERRORS) as exc:
+            self.results[backup_id] = f"{FAILED}: {exc}"
             return _SETTLED
         step = self.journal.begin_step(
             self.run_id,

@@ -4,6 +4,7 @@ on SQLite and PostgreSQL (JOURNAL_TEST_PG_URL)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import types
 
@@ -57,7 +58,10 @@ def test_slot_runs_are_one_slot_with_steps(journal: Journal, clock: Clock):
     assert sorted(r.target for r in runs) == ["*", "vol-1", "vol-2"]
     [found] = [r for r in runs if r.target == "*"]
     assert [s.details for s in found.steps or ()] == [{"volumes": 2}]
+    bare = journal.slot_runs("daily", T0, with_steps=False)
+    assert [dataclasses.replace(r, steps=None) for r in runs] == bare
     assert journal.slot_runs("daily", T0 + 2 * HOUR) == []
+    assert journal.slot_runs("daily", T0 + 2 * HOUR, with_steps=False) == []
 
 
 def test_backup_marks_are_the_last_success_and_first_sight(

@@ -7,6 +7,8 @@ import dataclasses
 import datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from openstack.block_storage.v3.backup import Backup
 
 from cinderbak import expiry
@@ -161,7 +163,6 @@ def test_plan_rows_are_the_rows_of_the_plan(exists):
         project_id="p1",
         volume_id=VOL,
         volume_exists=exists,
-        conn=None,
         history=history,
         plan=retention.plan(
             history.values(),
@@ -174,3 +175,24 @@ def test_plan_rows_are_the_rows_of_the_plan(exists):
     assert list(plan.plan_rows()) == [
         row.row(expiry.PLAN_COLUMNS) for row in plan.rows()
     ]
+
+
+@given(
+    st.datetimes(
+        min_value=datetime.datetime(1970, 1, 2),
+        max_value=datetime.datetime(9998, 12, 30),
+        timezones=st.sampled_from(
+            [
+                datetime.UTC,
+                datetime.timezone(datetime.timedelta(hours=5, minutes=30)),
+                datetime.timezone(-datetime.timedelta(hours=11)),
+            ]
+        ),
+    )
+)
+def test_a_plan_prints_times_in_utc_to_the_second(
+    value: datetime.datetime,
+) -> None:
+    assert expiry._iso(value) == value.astimezone(datetime.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
