@@ -221,6 +221,10 @@ class VolumePlan:
     volume_exists: bool
     history: Mapping[str, BackupInfo]  # every backup, ours or not, by id
     plan: retention.Plan
+    # When the project's listing behind this plan began (time.monotonic)
+    # and the planned deletions as listed then: the last look before a
+    # delete while it is fresh (see _Deleter._fresh).
+    listed: tuple[float, Mapping[str, Mapping[str, Any]]] | None = None
 
     def row(self, decision: retention.Decision, result: str = "") -> ExpiryRow:
         info = self.history[decision.backup_id]
@@ -468,14 +472,18 @@ class _Reader:
         )
         return {volume.id: volume.project_id for volume in found}
 
-    def project_backups(self, project_id: str) -> dict[str, list[Any]]:
-        """The project's backups as listed, by volume (page by page, as
-        plain decoded JSON, with the service user's token:
+    def project_backups(
+        self, project_id: str
+    ) -> tuple[float, dict[str, list[Any]]]:
+        """When the listing began (time.monotonic) and the project's
+        backups as listed, by volume (page by page, as plain decoded
+        JSON, with the service user's token:
         :func:`cinderbak.listing.project_backups`)."""
+        began = time.monotonic()
         by_volume: dict[str, list[Any]] = {}
         for item in listing.project_backups(self.cloud, project_id):
             by_volume.setdefault(item.get("volume_id") or "", []).append(item)
-        return by_volume
+        return began, by_volume
 
     def plans(
         self,
@@ -493,7 +501,7 @@ class _Reader:
         targets = self.targets()
         for project_id in self.owners(targets):
             try:
-                by_volume = self.project_backups(project_id)
+                began, by_volume = self.project_backups(project_id)
             except API_ERRORS as exc:
                 name = self.policy.name
                 LOG.error("policy %s: project %s: %s", name, project_id, exc)
@@ -506,7 +514,7 @@ class _Reader:
                 pace_of,
                 volume_ids,
                 deletions_only,
-                (project_id, by_volume, targets),
+                (project_id, began, by_volume, targets),
                 owns,
             )
 
@@ -516,10 +524,10 @@ class _Reader:
         pace_of: Pace,
         volume_ids: Collection[str] | None,
         deletions_only: bool,
-        read: tuple[str, dict[str, list[Any]], Mapping[str, str]],
+        read: tuple[str, float, dict[str, list[Any]], Mapping[str, str]],
         owns: Callable[[str], bool] | None = None,
     ) -> Iterator[VolumePlan]:
-        project_id, by_volume, targets = read
+        project_id, began, by_volume, targets = read
         name = self.policy.name
         trusted = self.parts.journal.known_backups(by_volume)
         infos = {
@@ -579,10 +587,13 @@ class _Reader:
                 continue  # planned all the same: it used the budget
             if deletions_only and not result.deletions:
                 continue
+            listed = None
             if deletions_only:  # rows are of deletions only: keep those
                 history = {
                     d.backup_id: history[d.backup_id] for d in result.deletions
                 }
+                as_listed = {item["id"]: item for item in by_volume[volume_id]}
+                listed = (began, {i: as_listed[i] for i in history})
             yield VolumePlan(
                 policy=self.policy,
                 project_id=project_id,
@@ -590,6 +601,7 @@ class _Reader:
                 volume_exists=exists,
                 history=history,
                 plan=result,
+                listed=listed,
             )
 
     def _plan(
@@ -873,7 +885,7 @@ class _Deleter:
                 if queue.pending:
                     waiting.append(queue)
 
-    def _fresh(self, queue: _Queue) -> dict[str, dict[str, Any]]:
+    def _fresh(self, queue: _Queue) -> Mapping[str, Mapping[str, Any]]:
         """The backups of the queue's project (of its volume, for backups
         in the service project) as listed now, by id: the last look before
         a delete (see :func:`refusal`), taken right before the first
@@ -888,6 +900,11 @@ class _Deleter:
         key = (plan.project_id, plan.volume_id if service else "")
         taken = self._listed.get(key)
         if taken is None or self.clock() - taken[0] > FRESH_SECONDS:
+            # The planning listing, while fresh, is as good a last look
+            # (a pass's first deletions start right after planning).
+            seed = plan.listed
+            if seed is not None and self.clock() - seed[0] <= FRESH_SECONDS:
+                return seed[1]
             params = {"volume_id": plan.volume_id} if service else {}
             listed = {
                 item["id"]: item
