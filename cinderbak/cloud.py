@@ -314,17 +314,30 @@ class Cloud:
         tables for every option it looks up); with a connection per
         project that was most of the cost of planning a region. Reads
         need none of it. Cached per connection.
+
+        The endpoint is looked up in the token's catalog once, here, and
+        then given to the adapter as its override: otherwise keystoneauth
+        walks the catalog again on every request (about 0.3 ms of CPU each,
+        a sixth of a run's create request). A project's Block Storage
+        endpoint does not change while its connection lives.
         """
         key = id(conn)
         with self._lock:
             found = self._readers.get(key)
         if found is not None and found[0] is conn:
             return found[1]
+        options = self._endpoint()
         adapter = ks_adapter.Adapter(
-            session=conn.session,
-            service_type="block-storage",
-            **self._endpoint(),
+            session=conn.session, service_type="block-storage", **options
         )
+        if options["endpoint_override"] is None:
+            url = adapter.get_endpoint()
+            if url:
+                adapter = ks_adapter.Adapter(
+                    session=conn.session,
+                    service_type="block-storage",
+                    **{**options, "endpoint_override": url},
+                )
         with self._lock:
             self._readers[key] = (conn, adapter)
         return adapter
