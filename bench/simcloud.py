@@ -4,7 +4,8 @@ The control plane's cost (CPU, memory, requests) at 10,000+ volumes cannot
 be measured on a local stack that holds a dozen. This server answers what
 cinderbak asks during discovery, planning, runs, expiry and recovery, the
 way Cinder does it (paged listings with ``limit``/``marker`` and ``next``
-links, ``all_tenants``, the literal ``metadata`` filter, status
+links, ``all_tenants``, the literal ``metadata`` filter, ``sort`` by
+timestamps (``updated_at`` moves with every status change), status
 transitions after a delay, Cinder's refusals to delete a parent backup),
 and keeps every resource in memory with indexes so it is not the
 bottleneck. It counts requests per endpoint (``GET /_sim/stats``).
@@ -739,22 +740,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     i["metadata"].get(k) == v for k, v in wanted.items()
                 )
             )
-        seq = 0
-        if query.get("marker"):
-            marker = kind.by_id.get(query["marker"])
-            if marker is None:
-                raise Refused(400, f"marker {query['marker']} not found")
-            seq = marker["_seq"]
-        page = list(
-            itertools.islice(
-                (
-                    i
-                    for i in kind.indexes[index].after(key, seq)
-                    if all(f(i) for f in filters)
-                ),
-                limit,
+        order = sort_keys(query)
+        if order is not None:
+            page = self.sorted_page(kind, index, key, filters, order, query)
+        else:
+            seq = 0
+            if query.get("marker"):
+                marker = kind.by_id.get(query["marker"])
+                if marker is None:
+                    raise Refused(400, f"marker {query['marker']} not found")
+                seq = marker["_seq"]
+            page = list(
+                itertools.islice(
+                    (
+                        i
+                        for i in kind.indexes[index].after(key, seq)
+                        if all(f(i) for f in filters)
+                    ),
+                    limit,
+                )
             )
-        )
         answer: dict[str, Any] = {
             kind.name: [
                 self.public(i)
@@ -775,6 +780,35 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 }
             ]
         return answer
+
+    @staticmethod
+    def sorted_page(
+        kind: Kind,
+        index: str,
+        key: Any,
+        filters: list[Callable[[dict[str, Any]], bool]],
+        order: tuple[list[str], bool],
+        query: dict[str, str],
+    ) -> list[dict[str, Any]]:
+        """One page in an explicit sort order (``sort=updated_at:desc``),
+        the marker being the last item of the page before, as Cinder
+        pages a sorted query."""
+        keys, descending = order
+        matching = [
+            i
+            for i in kind.indexes[index].after(key, 0)
+            if all(f(i) for f in filters)
+        ]
+        matching.sort(
+            key=lambda i: [i.get(k) or "" for k in keys], reverse=descending
+        )
+        start = 0
+        if query.get("marker"):
+            ids = [i["id"] for i in matching]
+            if query["marker"] not in ids:
+                raise Refused(400, f"marker {query['marker']} not found")
+            start = ids.index(query["marker"]) + 1
+        return matching[start : start + int(query.get("limit") or 1000)]
 
     def create(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
         state = self.state
@@ -813,6 +847,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
             def ready() -> None:
                 item["status"] = "available"
+                item["updated_at"] = _iso(_now())
                 if volume["status"] == "backing-up":
                     volume["status"] = previous
 
@@ -838,6 +873,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
             def snap_ready() -> None:
                 item["status"] = "available"
+                item["updated_at"] = _iso(_now())
                 item["progress"] = "100%"
 
             state.later(delay, snap_ready)
@@ -852,6 +888,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if kind.name == "backups" and state.children[item["id"]] > 0:
             raise Refused(400, "Incremental backups exist for this backup.")
         item["status"] = "deleting"
+        item["updated_at"] = _iso(_now())
 
         def gone() -> None:
             if kind.name == "backups":
@@ -860,6 +897,37 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 kind.remove(item["id"])
 
         state.later(state.delays["delete"], gone)
+
+
+SORT_KEYS = ("created_at", "updated_at", "id")
+
+
+def sort_keys(query: dict[str, str]) -> tuple[list[str], bool] | None:
+    """The sort order asked for, as Cinder reads it, or None for the
+    default order.
+
+    Cinder (``cinder.api.common.get_sort_params``) takes ``sort=key:dir,...``
+    or ``sort_key``/``sort_dir``; its database layer then appends
+    ``created_at`` and ``id`` as tie-breakers in the first key's direction
+    (``process_sort_params``). Only timestamps and ids are simulated, in
+    one direction, which is all cinderbak asks for; anything else is
+    refused rather than answered in a made-up order.
+    """
+    if query.get("sort"):
+        pairs = [part.partition(":") for part in query["sort"].split(",")]
+        keys = [k.strip() for k, _, _ in pairs]
+        dirs = {(d.strip() or "desc") for _, _, d in pairs}
+    elif query.get("sort_key"):
+        keys = [query["sort_key"]]
+        dirs = {query.get("sort_dir") or "desc"}
+    else:
+        return None
+    if len(dirs) != 1 or not dirs <= {"asc", "desc"}:
+        raise Refused(400, f"sort directions {sorted(dirs)}: not simulated")
+    if not set(keys) <= set(SORT_KEYS):
+        raise Refused(400, f"sort keys {keys}: not simulated")
+    keys += [k for k in ("created_at", "id") if k not in keys]
+    return keys, dirs == {"desc"}
 
 
 @dataclasses.dataclass

@@ -27,8 +27,8 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -146,24 +146,48 @@ def run_payloads(
         "failed": done.failed,
     }
     projects = done.projects() or [""]
+    # Grouped by project once: one pass per project over the whole run
+    # cost O(projects x volumes), 1.5 ms per backup at 10,000 volumes.
+    if done.kind == report.EXPIRY:
+        deletions = _by_project(done.deletions)
+        for project in projects:
+            payload = dict(common, project_id=project or None)
+            payload.update(_expiry_part(done, deletions.get(project, [])))
+            yield "info", EXPIRE_END, payload
+        return
+    whole = _counts(done.volumes) | {"bytes": done.backed_up_bytes}
+    volumes = _by_project(done.volumes)
+    late = _by_project(done.out_of_rpo)
     for project in projects:
         payload = dict(common, project_id=project or None)
-        if done.kind == report.EXPIRY:
-            payload.update(_expiry_part(done, project))
-            yield "info", EXPIRE_END, payload
-        else:
-            part = _backup_part(done, project)
-            payload.update(part)
-            priority = "error" if part["project"][report.FAILED] else "info"
-            yield priority, RUN_END, payload
+        part = _backup_part(
+            done, whole, volumes.get(project, []), late.get(project, [])
+        )
+        payload.update(part)
+        priority = "error" if part["project"][report.FAILED] else "info"
+        yield priority, RUN_END, payload
 
 
-def _backup_part(done: report.Report, project: str) -> dict[str, Any]:
-    mine = [v for v in done.volumes if v.project_id == project]
+L = TypeVar("L", report.VolumeLine, report.RpoLine, report.Deletion)
+
+
+def _by_project(lines: Iterable[L]) -> dict[str, list[L]]:
+    grouped: dict[str, list[L]] = {}
+    for line in lines:
+        grouped.setdefault(line.project_id, []).append(line)
+    return grouped
+
+
+def _backup_part(
+    done: report.Report,
+    whole: Mapping[str, int],
+    mine: list[report.VolumeLine],
+    late_lines: list[report.RpoLine],
+) -> dict[str, Any]:
     failed = [v for v in mine if v.status == report.FAILED]
-    late = {r.volume_id: r for r in done.out_of_rpo if r.project_id == project}
+    late = {r.volume_id: r for r in late_lines}
     return {
-        "run": _counts(done.volumes) | {"bytes": done.backed_up_bytes},
+        "run": dict(whole),
         "project": _counts(mine)
         | {"bytes": sum(v.size_bytes or 0 for v in mine if v.status == "ok")},
         "failures": [
@@ -190,8 +214,9 @@ def _counts(lines: Any) -> dict[str, int]:
     return counts
 
 
-def _expiry_part(done: report.Report, project: str) -> dict[str, Any]:
-    mine = [d for d in done.deletions if d.project_id == project]
+def _expiry_part(
+    done: report.Report, mine: list[report.Deletion]
+) -> dict[str, Any]:
     return {
         "run": dict(done.expiry_counts) | {"kept": done.kept},
         "deleted": [

@@ -95,8 +95,10 @@ OPTS = [
         default=5.0,
         min=0.1,
         help="Seconds between two status polls of in-flight work. Each "
-        "poll is one list call per resource kind, whatever the number "
-        "of volumes in flight.",
+        "poll lists the run's snapshots and its backups still creating; "
+        "backups that left creating since are read from a listing "
+        "sorted by update time, so a poll costs what is in flight, not "
+        "what the run has done.",
     ),
 ]
 
@@ -1221,9 +1223,11 @@ class PolicyRun:
                     self._checksum_done(job)
 
     def _observe(self, in_flight: Sequence[Job]) -> None:
-        """One listing per resource kind for every job waiting on Cinder;
-        if the API cannot be reached, try again next interval (jobs still
-        time out on their own deadlines)."""
+        """A few listings for every job waiting on Cinder (see
+        :func:`cinderbak.listing.run_backups`: what it costs follows what
+        is in flight, not the run's size); if the API cannot be reached,
+        try again next interval (jobs still time out on their own
+        deadlines)."""
         waiting_snapshots = [
             j
             for j in in_flight
@@ -1238,8 +1242,10 @@ class PolicyRun:
                 for job in waiting_snapshots:
                     self._seen(job, listed.get(str(job.snapshot_id)))
             if waiting_backups:
-                listed = listing.run_resources(
-                    self.cloud, "backups", self.name
+                listed = listing.run_backups(
+                    self.cloud,
+                    self.name,
+                    [str(j.backup_id) for j in waiting_backups],
                 )
                 for job in waiting_backups:
                     self._seen(job, listed.get(str(job.backup_id)))
