@@ -35,6 +35,7 @@ before a change, ``git archive`` unpacked) with this venv.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -46,6 +47,8 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from collections.abc import Iterator
+from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -195,23 +198,35 @@ def requests_total(stats: dict) -> int:
 NO_VOLUME = "00000000-0000-0000-0000-000000000000"
 
 
+@contextlib.contextmanager
+def region(
+    args: argparse.Namespace, volumes: int
+) -> Iterator[tuple[Any, pathlib.Path]]:
+    """A simulated region of ``volumes`` and a cinderbak configuration
+    for it, both gone afterwards."""
+    sim = simcloud.start(sim_args(args, volumes))
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+            yield (
+                sim,
+                config(
+                    pathlib.Path(tmp),
+                    sim.url,
+                    retention=args.retention,
+                    full_every=args.full_every,
+                    ownership=args.ownership,
+                ),
+            )
+    finally:
+        sim.stop()
+
+
 def plan_startup(args: argparse.Namespace) -> float:
     """CPU of ``plan`` over a region with no volume: the interpreter, the
     imports, the configuration, the journal's schema check and one token.
     What a size costs above it is discovery, reading and planning."""
-    sim = simcloud.start(sim_args(args, 0))
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-            conf = config(
-                pathlib.Path(tmp),
-                sim.url,
-                retention=args.retention,
-                full_every=args.full_every,
-                ownership=args.ownership,
-            )
-            cpu = cinderbak(args, conf, "plan", "-f", "value").cpu
-    finally:
-        sim.stop()
+    with region(args, 0) as (_sim, conf):
+        cpu = cinderbak(args, conf, "plan", "-f", "value").cpu
     print(f"plan           0 volumes: {cpu:7.1f} CPU s (start-up)", flush=True)
     return float(cpu)
 
@@ -219,74 +234,63 @@ def plan_startup(args: argparse.Namespace) -> float:
 def bench_size(
     args: argparse.Namespace, volumes: int, run: bool, startup: float
 ) -> None:
-    sim = simcloud.start(sim_args(args, volumes))
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-            conf = config(
-                pathlib.Path(tmp),
-                sim.url,
-                retention=args.retention,
-                full_every=args.full_every,
-                ownership=args.ownership,
-            )
-            control(sim.url, "reset-stats")
-            plan = cinderbak(args, conf, "plan", "-f", "value")
-            stats = control(sim.url, "stats")
-            print(
-                f"plan      {volumes:>6} volumes: {plan.cpu:7.1f} CPU s, "
-                f"{plan.rss_mb:6.0f} MB peak RSS, {plan.wall:7.1f} s wall, "
-                f"{requests_total(stats)} requests",
-                flush=True,
-            )
-            # --volume limits what is printed, not what is planned: with a
-            # volume that does not exist, everything is read and planned
-            # and nothing printed.
-            quiet = cinderbak(
-                args,
-                conf,
-                "plan",
-                "-f",
-                "value",
-                "--volume",
-                NO_VOLUME,
-                wrap=args.wrap_plan,
-            )
-            print(
-                f"          {volumes:>6} volumes: above start-up, "
-                f"discovery + reading + planning {quiet.cpu - startup:.1f} "
-                f"CPU s, printing {plan.cpu - quiet.cpu:.1f} CPU s",
-                flush=True,
-            )
-            if not run:
-                return
-            control(sim.url, "reset-stats")
-            once = cinderbak(
-                args,
-                conf,
-                "run-once",
-                "--no-audit",
-                "-f",
-                "value",
-                wrap=args.wrap_run,
-            )
-            stats = control(sim.url, "stats")
-            made = stats["created"].get("backups", 0)
-            first = stats["first_create"].get("backups")
-            to_first = "-" if first is None else f"{first - once.started:.1f}"
-            per_backup_ms = 1000 * once.cpu / made if made else float("nan")
-            print(
-                f"run-once  {volumes:>6} volumes: {once.cpu:7.1f} CPU s, "
-                f"{once.rss_mb:6.0f} MB peak RSS, {once.wall:7.1f} s wall, "
-                f"first backup requested after {to_first} s, "
-                f"{made} backups, {per_backup_ms:.1f} CPU ms per backup, "
-                f"{requests_total(stats) / max(made, 1):.2f} requests per "
-                "backup",
-                flush=True,
-            )
-            if args.verbose:
-                print(json.dumps(stats["requests"], indent=1, sort_keys=True))
-    finally:
-        sim.stop()
+    with region(args, volumes) as (sim, conf):
+        control(sim.url, "reset-stats")
+        plan = cinderbak(args, conf, "plan", "-f", "value")
+        stats = control(sim.url, "stats")
+        print(
+            f"plan      {volumes:>6} volumes: {plan.cpu:7.1f} CPU s, "
+            f"{plan.rss_mb:6.0f} MB peak RSS, {plan.wall:7.1f} s wall, "
+            f"{requests_total(stats)} requests",
+            flush=True,
+        )
+        # --volume limits what is printed, not what is planned: with a
+        # volume that does not exist, everything is read and planned
+        # and nothing printed.
+        quiet = cinderbak(
+            args,
+            conf,
+            "plan",
+            "-f",
+            "value",
+            "--volume",
+            NO_VOLUME,
+            wrap=args.wrap_plan,
+        )
+        print(
+            f"          {volumes:>6} volumes: above start-up, "
+            f"discovery + reading + planning {quiet.cpu - startup:.1f} "
+            f"CPU s, printing {plan.cpu - quiet.cpu:.1f} CPU s",
+            flush=True,
+        )
+        if not run:
+            return
+        control(sim.url, "reset-stats")
+        once = cinderbak(
+            args,
+            conf,
+            "run-once",
+            "--no-audit",
+            "-f",
+            "value",
+            wrap=args.wrap_run,
+        )
+        stats = control(sim.url, "stats")
+        made = stats["created"].get("backups", 0)
+        first = stats["first_create"].get("backups")
+        to_first = "-" if first is None else f"{first - once.started:.1f}"
+        per_backup_ms = 1000 * once.cpu / made if made else float("nan")
+        print(
+            f"run-once  {volumes:>6} volumes: {once.cpu:7.1f} CPU s, "
+            f"{once.rss_mb:6.0f} MB peak RSS, {once.wall:7.1f} s wall, "
+            f"first backup requested after {to_first} s, "
+            f"{made} backups, {per_backup_ms:.1f} CPU ms per backup, "
+            f"{requests_total(stats) / max(made, 1):.2f} requests per "
+            "backup",
+            flush=True,
+        )
+        if args.verbose:
+            print(json.dumps(stats["requests"], indent=1, sort_keys=True))
 
 
 def bench_expiry(args: argparse.Namespace) -> None:
