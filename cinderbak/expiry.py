@@ -725,14 +725,6 @@ requests. A volume's deletions are sequential, so a project's later ones
 are checked against a listing taken again."""
 
 
-def _as_listed(backup: Any) -> dict[str, Any]:
-    """An SDK backup as the listing shows it (the fields checked)."""
-    return {
-        field: getattr(backup, field, None)
-        for field in (*backups.PLANNED_FIELDS, "volume_id")
-    }
-
-
 @dataclasses.dataclass
 class _Queue:
     """One volume's deletions in a pass: strictly one after the other."""
@@ -954,12 +946,8 @@ class _Deleter:
             ):
                 # Listed before we deleted its child: only Cinder knows
                 # whether it still counts one. Asked about this one.
-                found = _as_listed(
-                    self.cloud.call(self._storage(plan).get_backup, backup_id)
-                )
-        except sdk_exceptions.NotFoundException:
-            found = None
-        except (NoRoleInProject, *API_ERRORS) as exc:
+                found = listing.backup(self.cloud, backup_id)
+        except API_ERRORS as exc:
             self.results[backup_id] = f"{FAILED}: cannot re-read it: {exc}"
             return _SETTLED
         if found is None:

@@ -12,8 +12,11 @@ last. So here each page is one GET through the same keystoneauth session
 (same token, retries and microversion as every other call), items stay
 dicts, they are yielded page by page (a caller that streams holds one
 page), and paging stops at the first page shorter than the limit or
-without a ``next`` link. Single-resource calls (get, create, delete) keep
-going through the SDK: there the object costs nothing that matters.
+without a ``next`` link. One backup read by id (:func:`backup`) comes
+back in the same shape as a listed one, so both are checked by the same
+code. Creates are plain JSON as well (:mod:`cinderbak.creating`);
+deletes keep going through the SDK: there the object costs nothing that
+matters.
 """
 
 from __future__ import annotations
