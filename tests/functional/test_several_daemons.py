@@ -40,6 +40,7 @@ pytestmark = pytest.mark.skipif(
 
 UTC = datetime.UTC
 LEASE = 10
+MAX_FREEZE = 20
 SERVERS = 4
 VOLUMES_PER_SERVER = 3
 DOMAIN = """<domain type='test'>
@@ -277,7 +278,31 @@ def _frozen_by(journal: Journal, member: str):
     return journal.frozen_servers(host=member)
 
 
-def test_three_daemons_share_slots_and_a_survivor_thaws_a_killed_ones_guest(
+def _etcd_proxy_url(stack, proxy) -> str:
+    """The stack's coordination URL, through ``proxy``."""
+    return stack.raw["coordination_url"].replace(
+        f"{proxy.upstream_host}:{proxy.upstream_port}",
+        f"127.0.0.1:{proxy.port}",
+    )
+
+
+def _held_within(journal, runs, limit) -> None:
+    """Every freeze of these runs ended within ``limit`` seconds."""
+    for run in runs:
+        record = journal.get_run(run.id)
+        for step in record.steps or ():
+            if step.kind == steps.FREEZE and step.finished_at:
+                thaw = [
+                    s
+                    for s in record.steps or ()
+                    if s.kind == steps.THAW and s.target == step.target
+                ]
+                assert thaw, (run.target, "no thaw")
+                held = (thaw[-1].finished_at - step.created_at).total_seconds()
+                assert held <= limit, (run.target, held)
+
+
+def test_three_daemons_share_slots_ride_out_etcd_and_thaw_a_killed_ones_guest(
     stack,
     alice,
     admin,
@@ -288,6 +313,20 @@ def test_three_daemons_share_slots_and_a_survivor_thaws_a_killed_ones_guest(
     tmp_path,
     clouds_env,
 ):
+    """Three daemons on one policy, four slots (one set-up for them all:
+    creating volumes and joining the group cost more than a slot).
+
+    1. etcd stopped while the slot runs, longer than a lease: the work is
+       still spread over all three, every volume backed up once, no
+       freeze outlasts max_freeze_seconds, nobody taken for dead.
+    2. etcd back: the next slot runs normally (its shares noted).
+    3. One daemon alone cut off from etcd (not from Cinder, its guests or
+       the journal) across a slot: its journal heartbeat keeps it alive
+       in the others' eyes, so it keeps its share, then joins again.
+    4. The daemon holding a frozen guest is killed: a survivor thaws it
+       within a lease and takes over its runs; no duplicate backup, no
+       leaked snapshot.
+    """
     tag = uuid.uuid4().hex[:6]
     uri, _ = shared_guests
     members, servers, domains, policy, volumes = _setup(
@@ -296,7 +335,12 @@ def test_three_daemons_share_slots_and_a_survivor_thaws_a_killed_ones_guest(
     every_volume = {v for vs in volumes.values() for v in vs}
     journal = Journal.from_url(pg_journal)
     journal.upgrade()
-    with FaultProxy(stack.cinder_url) as proxy:
+    cut_off = members[-1]
+    etcd_upstream = stack.raw["coordination_url"].split("+", 1)[1]
+    with (
+        FaultProxy(stack.cinder_url) as proxy,
+        FaultProxy(etcd_upstream) as etcd,
+    ):
         clouds = _proxied_clouds(stack, tmp_path, proxy)
         paths = _write_configs(
             tmp_path,
@@ -307,20 +351,31 @@ def test_three_daemons_share_slots_and_a_survivor_thaws_a_killed_ones_guest(
             policy,
             "proxied",
             f"ft-{tag}",
+            backend={cut_off: _etcd_proxy_url(stack, etcd)},
+            max_freeze=MAX_FREEZE,
         )
         started, joined = _start_together(
             daemons, paths, {"OS_CLIENT_CONFIG_FILE": str(clouds)}
         )
 
-        # -- slot 1: every volume once, the work spread over all three.
+        # -- slot 1: etcd away while it runs.
         first = wait_until(
             lambda: _first_slot(journal, policy, after=joined),
             150,
             "the first slot with all three",
         )
-        _wait_shares_settled(
-            journal, policy, first, "slot 1 settled by all three daemons"
+        etcd_pid = int(
+            pathlib.Path(stack.raw["pid_files"]["etcd"]).read_text()
         )
+        os.kill(etcd_pid, signal.SIGSTOP)
+        try:
+            _wait_shares_settled(
+                journal, policy, first, "slot 1 settled with etcd away"
+            )
+            # Away for longer than a lease: every member's key lapses.
+            time.sleep(max(0, LEASE + 5))
+        finally:
+            os.kill(etcd_pid, signal.SIGCONT)
         runs = _slot_runs(journal, policy, first)
         by_volume = collections.Counter(
             r.target for r in runs if r.target in every_volume
@@ -333,17 +388,74 @@ def test_three_daemons_share_slots_and_a_survivor_thaws_a_killed_ones_guest(
         work = collections.Counter(
             r.host for r in runs if r.target in every_volume
         )
-        print(f"slot 1 volumes per daemon: {dict(work)}")
+        print(f"slot 1 (etcd away) volumes per daemon: {dict(work)}")
         assert set(work) == set(members), work
+        _held_within(journal, runs, MAX_FREEZE + 5)
+        for volume_id in every_volume:
+            assert len(_backups_of_slot(admin, volume_id, policy, first)) == 1
         # Every daemon beats in the journal; status shows them.
         rows = Cinderbak(paths[members[0]], clouds_env).run(
             "status", "--daemons", check=True
         )
         assert {r["host"] for r in rows if r["beats"] > 0} >= set(members)
-        for volume_id in every_volume:
-            assert len(_backups_of_slot(admin, volume_id, policy, first)) == 1
 
-        # -- slot 2: backup requests answer slowly (shorter than a lease,
+        # -- slot 2: etcd back, the whole group, each volume once.
+        second = wait_until(
+            lambda: _first_slot(journal, policy, after=first),
+            150,
+            "the next slot",
+        )
+        _wait_settled(
+            journal, policy, second, every_volume, 240, "the next slot settled"
+        )
+        runs = _slot_runs(journal, policy, second)
+        assert {r.state for r in runs if r.target in every_volume} == {
+            states.SUCCEEDED
+        }
+        shares = collections.Counter(
+            r.host for r in runs if r.target in every_volume
+        )
+
+        # -- slot 3: one daemon cut off from etcd alone, for more than a
+        # lease before the slot and through it.
+        while 60 - time.time() % 60 < LEASE + 5:
+            time.sleep(1)
+        rejoined = started[cut_off].output().count("joining again")
+        etcd.unreachable_until = time.monotonic() + 3600
+        third = wait_until(
+            lambda: _first_slot(journal, policy, after=second),
+            150,
+            "the slot with one daemon cut off",
+        )
+        _wait_settled(
+            journal, policy, third, every_volume, 240, "that slot settled"
+        )
+        etcd.unreachable_until = 0.0
+        runs = _slot_runs(journal, policy, third)
+        cut_shares = collections.Counter(
+            r.host for r in runs if r.target in every_volume
+        )
+        print(
+            f"shares with all three: {dict(shares)}; with {cut_off} cut "
+            f"off from etcd: {dict(cut_shares)}"
+        )
+        assert {r.state for r in runs if r.target in every_volume} == {
+            states.SUCCEEDED
+        }, [(r.target, r.host, r.state, r.summary) for r in runs]
+        assert cut_shares == shares
+        _held_within(journal, runs, MAX_FREEZE + 5)
+        wait_until(
+            lambda: (
+                started[cut_off].output().count("joining again") > rejoined
+            ),
+            60,
+            f"{cut_off} back in the group",
+        )
+        for member in members:
+            output = started[member].output()
+            assert "takeover of" not in output, output[-3000:]
+
+        # -- slot 4: backup requests answer slowly (shorter than a lease,
         # so the killed daemon's request reaches Cinder before a survivor
         # looks for its backup), which holds every freeze open; kill the
         # first daemon seen frozen.
@@ -384,11 +496,11 @@ def test_three_daemons_share_slots_and_a_survivor_thaws_a_killed_ones_guest(
             f"killed {victim} holding {len(frozen_servers)} frozen guests; "
             f"thawed by a survivor after {took:.1f} s (lease {LEASE} s)"
         )
-        second = journal.get_run(frozen[0].run_id).scheduled_at
+        fourth = journal.get_run(frozen[0].run_id).scheduled_at
         _wait_settled(
-            journal, policy, second, every_volume, 300, "slot 2 settled"
+            journal, policy, fourth, every_volume, 300, "slot 4 settled"
         )
-        runs = _slot_runs(journal, policy, second)
+        runs = _slot_runs(journal, policy, fourth)
         by_volume = collections.Counter(
             r.target for r in runs if r.target in every_volume
         )
@@ -396,10 +508,10 @@ def test_three_daemons_share_slots_and_a_survivor_thaws_a_killed_ones_guest(
         outcome = collections.Counter(
             str(r.state) for r in runs if r.target in every_volume
         )
-        print(f"slot 2 outcomes: {dict(outcome)}")
+        print(f"slot 4 outcomes: {dict(outcome)}")
         # No duplicate backup, no leaked snapshot, every guest thawed.
         for volume_id in every_volume:
-            made = _backups_of_slot(admin, volume_id, policy, second)
+            made = _backups_of_slot(admin, volume_id, policy, fourth)
             assert len(made) <= 1, (volume_id, made)
         wait_until(
             lambda: (
@@ -431,153 +543,4 @@ def test_three_daemons_share_slots_and_a_survivor_thaws_a_killed_ones_guest(
         for member in survivors:
             assert started[member].stop(60) == 0
     for domain in domains:
-        domain.destroy()
-
-
-def _etcd_proxy_url(stack, proxy) -> str:
-    """The stack's coordination URL, through ``proxy``."""
-    return stack.raw["coordination_url"].replace(
-        f"{proxy.upstream_host}:{proxy.upstream_port}",
-        f"127.0.0.1:{proxy.port}",
-    )
-
-
-def _held_within(journal, runs, limit) -> None:
-    """Every freeze of these runs ended within ``limit`` seconds."""
-    for run in runs:
-        record = journal.get_run(run.id)
-        for step in record.steps or ():
-            if step.kind == steps.FREEZE and step.finished_at:
-                thaw = [
-                    s
-                    for s in record.steps or ()
-                    if s.kind == steps.THAW and s.target == step.target
-                ]
-                assert thaw, (run.target, "no thaw")
-                held = (thaw[-1].finished_at - step.created_at).total_seconds()
-                assert held <= limit, (run.target, held)
-
-
-def test_the_coordination_backend_away_during_a_slot(
-    stack,
-    alice,
-    admin,
-    make_volume,
-    shared_guests,
-    pg_journal,
-    daemons,
-    tmp_path,
-):
-    """etcd stopped while a slot runs: the daemons keep their last view
-    of the group, nobody takes a live daemon for dead, no volume is backed
-    up twice, no freeze outlasts max_freeze_seconds; when etcd is back
-    the next slot runs normally. Then one daemon alone is cut off from
-    etcd (not from Cinder, its guests or the journal) across a slot: its
-    journal heartbeat keeps it alive in the others' eyes, so it keeps its
-    share and is not taken over."""
-    tag = uuid.uuid4().hex[:6]
-    uri, _ = shared_guests
-    members, servers, domains, policy, volumes = _setup(
-        stack, alice, make_volume, shared_guests, tag
-    )
-    every_volume = {v for vs in volumes.values() for v in vs}
-    journal = Journal.from_url(pg_journal)
-    journal.upgrade()
-    cut_off = members[-1]
-    with FaultProxy(stack.raw["coordination_url"].split("+", 1)[1]) as etcd:
-        paths = _write_configs(
-            tmp_path,
-            stack,
-            uri,
-            pg_journal,
-            members,
-            policy,
-            "localstack-cinderbak",
-            f"ft-{tag}",
-            backend={cut_off: _etcd_proxy_url(stack, etcd)},
-            max_freeze=20,
-        )
-        started, joined = _start_together(daemons, paths, {})
-        first = wait_until(
-            lambda: _first_slot(journal, policy, after=joined),
-            150,
-            "the first slot with all three",
-        )
-        etcd_pid = int(
-            pathlib.Path(stack.raw["pid_files"]["etcd"]).read_text()
-        )
-        os.kill(etcd_pid, signal.SIGSTOP)
-        try:
-            _wait_shares_settled(
-                journal, policy, first, "slot 1 settled with etcd away"
-            )
-            # Away for longer than a lease: every member's key lapses.
-            time.sleep(max(0, LEASE + 5))
-        finally:
-            os.kill(etcd_pid, signal.SIGCONT)
-        runs = _slot_runs(journal, policy, first)
-        by_volume = collections.Counter(
-            r.target for r in runs if r.target in every_volume
-        )
-        assert set(by_volume) == every_volume
-        assert set(by_volume.values()) == {1}, by_volume
-        _held_within(journal, runs, 20 + 5)
-        # Back: the next slot runs with the whole group, each volume once.
-        second = wait_until(
-            lambda: _first_slot(journal, policy, after=first),
-            150,
-            "the next slot",
-        )
-        _wait_settled(
-            journal, policy, second, every_volume, 240, "the next slot settled"
-        )
-        runs = _slot_runs(journal, policy, second)
-        assert {r.state for r in runs if r.target in every_volume} == {
-            states.SUCCEEDED
-        }
-        shares = collections.Counter(
-            r.host for r in runs if r.target in every_volume
-        )
-
-        # -- one daemon cut off from etcd alone, for more than a lease
-        # before the next slot and through it.
-        while 60 - time.time() % 60 < LEASE + 5:
-            time.sleep(1)
-        rejoined = started[cut_off].output().count("joining again")
-        etcd.unreachable_until = time.monotonic() + 3600
-        third = wait_until(
-            lambda: _first_slot(journal, policy, after=second),
-            150,
-            "the slot with one daemon cut off",
-        )
-        _wait_settled(
-            journal, policy, third, every_volume, 240, "that slot settled"
-        )
-        etcd.unreachable_until = 0.0
-        runs = _slot_runs(journal, policy, third)
-        cut_shares = collections.Counter(
-            r.host for r in runs if r.target in every_volume
-        )
-        print(
-            f"shares with all three: {dict(shares)}; with {cut_off} cut "
-            f"off from etcd: {dict(cut_shares)}"
-        )
-        assert {r.state for r in runs if r.target in every_volume} == {
-            states.SUCCEEDED
-        }, [(r.target, r.host, r.state, r.summary) for r in runs]
-        assert cut_shares == shares
-        _held_within(journal, runs, 20 + 5)
-        wait_until(
-            lambda: (
-                started[cut_off].output().count("joining again") > rejoined
-            ),
-            60,
-            f"{cut_off} back in the group",
-        )
-    for member in members:
-        output = started[member].output()
-        assert "takeover of" not in output, output[-3000:]
-        assert started[member].stop(60) == 0
-    for domain in domains:
-        assert domain.fsThaw() == 0
         domain.destroy()
