@@ -32,7 +32,7 @@ import dataclasses
 import datetime
 import re
 from collections.abc import Iterable, Sequence
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from cinderbak import durations
 
@@ -51,9 +51,15 @@ READABLE = frozenset({AVAILABLE, "restoring"})
 _EPOCH = datetime.datetime.min.replace(tzinfo=UTC)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class BackupInfo:
-    """What the planner needs to know about one Cinder backup."""
+class BackupInfo(NamedTuple):
+    """What the planner needs to know about one Cinder backup.
+
+    A named tuple, not a frozen dataclass: a plan builds one per listed
+    backup (100,000 at 10,000 volumes), and a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``, five
+    times the cost of a tuple (measured 2.9 against 0.6 us). Change one
+    with ``_replace``.
+    """
 
     id: str
     # tz-aware UTC; None when Cinder gave none (the planner keeps it)

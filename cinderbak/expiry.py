@@ -568,7 +568,7 @@ class _Reader:
             for info in infos[volume_id]:
                 parent = parents.get(info.id)
                 if parent and info.is_incremental:
-                    info = dataclasses.replace(info, parent_id=parent)
+                    info = info._replace(parent_id=parent)
                 history[info.id] = info
             if deletions_only and retention.nothing_to_delete(
                 history.values(),
@@ -961,7 +961,7 @@ class _Deleter:
             and queue.deleted_any
             and queue.rechecks < RECHECKS
             and refusal(
-                dataclasses.replace(info, has_dependent_backups=False),
+                info._replace(has_dependent_backups=False),
                 volume_id,
                 plan.volume_id,
             )

@@ -3,7 +3,6 @@ governs a deleted volume's backups, and policy selection."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 
 import pytest
@@ -30,7 +29,7 @@ def info(**changes) -> BackupInfo:
         held=False,
         has_dependent_backups=False,
     )
-    return dataclasses.replace(base, **changes)
+    return base._replace(**changes)
 
 
 def test_an_available_backup_of_ours_without_dependents_may_go():

@@ -205,7 +205,7 @@ HISTORIES = histories(tidy=True) | histories()
 
 
 def _replace(b: BackupInfo, **changes) -> BackupInfo:
-    fields = {f: getattr(b, f) for f in BackupInfo.__dataclass_fields__}
+    fields = {f: getattr(b, f) for f in BackupInfo._fields}
     fields.update(changes)
     return BackupInfo(**fields)
 
