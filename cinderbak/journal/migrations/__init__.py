@@ -5,7 +5,8 @@ the script location is this package (``cinderbak.journal:migrations``),
 so it works the same from a source tree and an installed package.
 
 A new revision is a new file under ``versions/``: copy the newest one,
-give it a new ``revision`` and set ``down_revision`` to the newest's.
+give it a new ``revision``, set ``down_revision`` to the newest's, and
+set ``HEAD`` below to the new revision (a unit test fails until then).
 Migrations describe the schema explicitly and never import
 :mod:`cinderbak.journal.models`, which follows the newest schema and
 would change old migrations under our feet. SQLite cannot alter most
@@ -16,3 +17,7 @@ mode on).
 VERSION_TABLE = "cinderbak_journal_version"
 """Alembic's version table, named so a database shared with other
 applications (or with Cinder itself) never mixes up their revisions."""
+
+HEAD = "0003"
+"""The newest revision: a journal whose version table holds exactly this
+is current, and start-up need not import alembic to find that out."""
