@@ -14,6 +14,7 @@ from oslo_config import cfg
 
 from cinderbak import config_check, env_check, logs, opts, service
 from cinderbak.cloud import API_ERRORS, CloudTooOld
+from cinderbak.cmd import settle_start_up
 from cinderbak.version import version_string
 
 
@@ -106,6 +107,7 @@ at fault: said as one problem line, exit 2."""
 
 
 def main(argv: list[str] | None = None) -> int:
+    settle_start_up()
     return CinderbakApp().run(sys.argv[1:] if argv is None else argv)
 
 

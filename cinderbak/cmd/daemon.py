@@ -42,6 +42,7 @@ from cinderbak import (
     service,
 )
 from cinderbak.cloud import CloudTooOld
+from cinderbak.cmd import settle_start_up
 from cinderbak.version import version_string
 
 LOG = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except cfg.Error as exc:
         sys.stderr.write(f"cinderbak-daemon: {exc}\n")
         return EXIT_CONFIG
+    settle_start_up()
     try:
         logs.setup(conf)
     except (OSError, ValueError) as exc:  # log_file, log_dir, log_config
