@@ -44,7 +44,14 @@ class Outcome:
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
+        """The fields as a dict, the notes a copy: every other field is
+        immutable, so nothing is deep-copied (``dataclasses.asdict``
+        copied each value recursively, once per finished backup)."""
+        values: dict[str, object] = {
+            name: getattr(self, name) for name in _FIELDS
+        }
+        values["notes"] = list(self.notes)
+        return values
 
     def row(self) -> tuple[object, ...]:
         values = self.as_dict()
@@ -63,3 +70,6 @@ class Outcome:
         if self.error:
             text += f": {self.error}"
         return text
+
+
+_FIELDS = tuple(field.name for field in dataclasses.fields(Outcome))

@@ -69,7 +69,11 @@ from cinderbak.quiesce.base import (
     ThawFailed,
 )
 from cinderbak.quiesce.noop import NoopQuiescer
-from cinderbak.quiesce.window import FreezeWindow, freeze_window
+from cinderbak.quiesce.window import (
+    FreezeWindow,
+    freeze_window,
+    unfrozen_reason,
+)
 from cinderbak.summary import Outcome
 
 LOG = logging.getLogger(__name__)
@@ -747,20 +751,25 @@ class PolicyRun:
             return False
 
         taken = queue.take(fits)
-        # The runs of detached volumes, requested right below one after
-        # the other, are claimed in one transaction; a server's group is
-        # claimed when its turn comes (its freeze takes a while).
+        # The runs of detached volumes and of server groups no freeze is
+        # issued for, requested right below one after the other, are
+        # claimed in one transaction; a group that freezes is claimed when
+        # its turn comes (its freeze takes a while).
+        unfrozen = {
+            id(jobs) for _project, jobs in taken if self._unfrozen(jobs)
+        }
         claimed = self.journal.start_runs(
             job.run_id
             for _project, jobs in taken
-            if _freeze_key(jobs[0]) is None
+            if id(jobs) in unfrozen
             for job in jobs
         )
         solo: list[Job] = []
+        plain: list[list[Job]] = []
         groups: list[list[Job]] = []
         for _project, taken_group in taken:
             mine = claimed
-            if _freeze_key(taken_group[0]) is not None:
+            if id(taken_group) not in unfrozen:
                 mine = self.journal.start_runs(
                     job.run_id for job in taken_group
                 )
@@ -789,14 +798,15 @@ class PolicyRun:
                 continue
             if _freeze_key(group[0]) is None:
                 solo.extend(group)
+            elif id(taken_group) in unfrozen:
+                plain.append(group)
             else:
                 groups.append(group)
-        # Detached volumes first: their requests take milliseconds, a
-        # server's freeze window takes a while.
-        if solo:
-            for job in solo:
-                job.notes.append("not attached to a server: nothing to freeze")
-            self._request_copies(solo)
+        # Detached volumes and groups nothing freezes first, in one round
+        # of requests (one journal transaction for their intents, one for
+        # their ids): each takes milliseconds, a freeze window a while.
+        if solo or plain:
+            self._request_unfrozen(solo, plain)
         for group in groups:
             server = group[0].server_id
             assert server is not None
@@ -804,6 +814,83 @@ class PolicyRun:
                 self._start_group(group)
             finally:
                 self.server_locks.release(server, self.run_label)
+
+    def _unfrozen(self, jobs: Sequence[Job]) -> bool:
+        """Whether the copies of these jobs are requested without a freeze
+        window: a detached volume, or a server's group whose window would
+        issue no freeze (quiesce off, or a quiescer that freezes nothing
+        and a group that does not require it)."""
+        if _freeze_key(jobs[0]) is None:
+            return True
+        mode = self._group_mode(jobs)
+        return mode is tenant.QuiesceMode.OFF or (
+            mode is tenant.QuiesceMode.PREFERRED
+            and unfrozen_reason(self.quiescer) is not None
+        )
+
+    def _group_mode(self, group: Sequence[Job]) -> tenant.QuiesceMode:
+        """How a server's group is frozen: as its most demanding volume
+        asks; in transfer_mode = volume without read-only access to the
+        volume cluster a freeze nobody can confirm is not issued (off),
+        and required stays required (the group fails)."""
+        mode = _strictest(job.target.quiesce for job in group)
+        volume_mode = self.policy.transfer_mode is TransferMode.VOLUME
+        if volume_mode and self.observer is None:
+            if mode is not tenant.QuiesceMode.REQUIRED:
+                return tenant.QuiesceMode.OFF
+        return mode
+
+    def _request_unfrozen(
+        self, solo: Sequence[Job], groups: Sequence[list[Job]]
+    ) -> None:
+        """Request the copies of a start round's detached volumes and of
+        its server groups no freeze is issued for, together: what a
+        group's window would have recorded (its id, why it is
+        crash-consistent) is recorded as if it had been opened."""
+        for job in solo:
+            job.notes.append("not attached to a server: nothing to freeze")
+        for group in groups:
+            group_id = str(uuid.uuid4())
+            for job in group:
+                job.group_id = group_id
+                job.group_size = len(group)
+        try:
+            self._request_copies([*solo, *(j for g in groups for j in g)])
+        finally:
+            for group in groups:
+                server = group[0].server_id
+                assert server is not None
+                self.server_locks.release(server, self.run_label)
+        for group in groups:
+            mode = self._group_mode(group)
+            reason = (
+                None
+                if mode is tenant.QuiesceMode.OFF
+                else unfrozen_reason(self.quiescer)
+            )
+            LOG.info(
+                "server %s: freeze window %s s for %d volumes (%s)",
+                group[0].server_id,
+                _seconds(None),
+                len(group),
+                "crash-consistent",
+            )
+            for job in group:
+                if reason:
+                    job.notes.append(f"not quiesced: {reason}")
+                self._note_unconfirmable(job, mode)
+
+    def _note_unconfirmable(self, job: Job, mode: tenant.QuiesceMode) -> None:
+        if (
+            mode is tenant.QuiesceMode.OFF
+            and self.policy.transfer_mode is TransferMode.VOLUME
+            and (self.observer is None)
+        ):
+            job.notes.append(
+                "no read-only access to the volume "
+                "cluster ([volume_cluster] conf): "
+                "volume-mode backups are crash-consistent"
+            )
 
     def _request_copies(
         self, jobs: Sequence[Job], *, parallel: bool = False
@@ -889,7 +976,7 @@ class PolicyRun:
         attachment = group[0].target.attachments[0]
         server = ServerRef(attachment.server_id, attachment.host)
         group_id = str(uuid.uuid4())
-        mode = _strictest(job.target.quiesce for job in group)
+        mode = self._group_mode(group)
         volume_mode = self.policy.transfer_mode is TransferMode.VOLUME
         for job in group:
             job.move(Phase.FREEZING)
@@ -903,7 +990,6 @@ class PolicyRun:
                         "volume cluster ([volume_cluster] conf)",
                     )
                 return
-            mode = tenant.QuiesceMode.OFF  # a freeze nobody can confirm
         for job in group:
             job.group_id = group_id
             job.group_size = len(group)
@@ -974,16 +1060,7 @@ class PolicyRun:
                 job.notes.append(
                     "copy not confirmed inside the freeze; marked crash"
                 )
-            if (
-                mode is tenant.QuiesceMode.OFF
-                and volume_mode
-                and (self.observer is None)
-            ):
-                job.notes.append(
-                    "no read-only access to the volume "
-                    "cluster ([volume_cluster] conf): "
-                    "volume-mode backups are crash-consistent"
-                )
+            self._note_unconfirmable(job, mode)
 
     def _copies_in_window(
         self, group: list[Job], window: FreezeWindow

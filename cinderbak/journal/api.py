@@ -28,7 +28,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 import sqlalchemy as sa
@@ -277,13 +277,17 @@ _UPDATE = {
     table.name: sa.update(table).where(table.c.id == sa.bindparam("key"))
     for table in (_RUNS, _STEPS)
 }
-_RUN_EXISTS = sa.select(_RUNS.c.id).where(_RUNS.c.id == sa.bindparam("key"))
 _RUN_BY_KEY = sa.select(_RUNS).where(
     _RUNS.c.policy == sa.bindparam("policy"),
     _RUNS.c.target == sa.bindparam("target"),
     _RUNS.c.scheduled_at == sa.bindparam("when", type_=models.UTCDateTime()),
 )
-_INSERT_STEP = sa.insert(_STEPS)
+_RUNS_EXIST = sa.select(_RUNS.c.id).where(
+    _RUNS.c.id.in_(sa.bindparam("keys", expanding=True))
+)
+_INSERT_STEPS = sa.insert(_STEPS).returning(
+    _STEPS.c.id, sort_by_parameter_order=True
+)
 _SLOT_RUNS = (
     sa.select(_RUNS)
     .where(
@@ -319,6 +323,23 @@ def _locked(c: sa.Connection, table: sa.Table, key: object, what: str) -> Any:
     if row is None:
         raise NotFound(f"no {what} {key}")
     return row
+
+
+def _locked_many(
+    c: sa.Connection, table: sa.Table, keys: Sequence[Any], what: str
+) -> dict[Any, Any]:
+    """Several runs or steps read under row locks, in id order, a few
+    hundred per statement; by id. Raise NotFound for a missing one."""
+    wanted = sorted(set(keys))
+    rows: dict[Any, Any] = {}
+    for start in range(0, len(wanted), _IN_BATCH):
+        batch = wanted[start : start + _IN_BATCH]
+        for row in c.execute(_LOCK_MANY[table.name], {"keys": batch}):
+            rows[row.id] = row
+    for key in wanted:
+        if key not in rows:
+            raise NotFound(f"no {what} {key}")
+    return rows
 
 
 def _update(
@@ -641,13 +662,36 @@ class Journal:
         Rows are locked in id order: two daemons claiming overlapping
         groups (the ring changing under them) then wait for each other
         instead of deadlocking, and the first takes the whole group."""
+        wanted = sorted(set(run_ids))
         claimed: dict[str, RunRecord] = {}
+        if not wanted:
+            return claimed
         with self._core_writing() as c:
-            for run_id in sorted(set(run_ids)):
+            # Two statements for the whole group, not two per run: the
+            # rows locked in id order, the claims written as one batch.
+            rows = _locked_many(c, _RUNS, wanted, "run")
+            now = self._now()
+            changes = {
+                "state": RunState.RUNNING,
+                "started_at": now,
+                "updated_at": now,
+            }
+            for run_id in wanted:
+                row = rows[run_id]
                 try:
-                    claimed[run_id] = self._start_run(c, run_id)
+                    check_run_transition(
+                        row.state, RunState.RUNNING, what=f"run {run_id}"
+                    )
                 except InvalidTransition:
                     continue
+                claimed[run_id] = RunRecord(
+                    **{**_run_fields(row, False), **changes}
+                )
+            if claimed:
+                c.execute(
+                    _UPDATE["runs"],
+                    [{"key": run_id, **changes} for run_id in claimed],
+                )
         return claimed
 
     def _start_run(self, c: sa.Connection, run_id: str) -> RunRecord:
@@ -843,14 +887,22 @@ class Journal:
         c: sa.Connection,
         rows: list[tuple[str, StepKind, str, dict[str, Any]]],
     ) -> list[int]:
+        if not rows:
+            return []
         now = self._now()
-        ids: list[int] = []
-        for run_id in {row[0] for row in rows}:
-            if c.execute(_RUN_EXISTS, {"key": run_id}).first() is None:
+        runs = sorted({row[0] for row in rows})
+        found: set[str] = set()
+        for start in range(0, len(runs), _IN_BATCH):
+            batch = runs[start : start + _IN_BATCH]
+            found.update(c.execute(_RUNS_EXIST, {"keys": batch}).scalars())
+        for run_id in runs:
+            if run_id not in found:
                 raise NotFound(f"no run {run_id}")
-        for run_id, kind, target, details in rows:
-            inserted = c.execute(
-                _INSERT_STEP,
+        # One statement for the batch; the ids come back in the order of
+        # the rows.
+        inserted = c.execute(
+            _INSERT_STEPS,
+            [
                 {
                     "run_id": run_id,
                     "kind": kind,
@@ -862,12 +914,11 @@ class Journal:
                     "created_at": now,
                     "updated_at": now,
                     "finished_at": None,
-                },
-            )
-            key = inserted.inserted_primary_key
-            assert key is not None
-            ids.append(int(key[0]))
-        return ids
+                }
+                for run_id, kind, target, details in rows
+            ],
+        )
+        return [int(key) for key in inserted.scalars()]
 
     def record_thaw(
         self,
@@ -914,14 +965,47 @@ class Journal:
             return
         try:
             with self._core_writing() as c:
-                for step_id, resource_id in resources:
-                    self._set_step_resource(c, step_id, resource_id)
+                self._set_step_resources(c, resources)
         except (InvalidTransition, NotFound, ValueError):
             # One refused: the others are recorded, the refused one raises
             # as it would have alone.
             for step_id, resource_id in resources:
                 with self._core_writing() as c:
                     self._set_step_resource(c, step_id, resource_id)
+
+    def _set_step_resources(
+        self, c: sa.Connection, resources: list[tuple[int, str]]
+    ) -> None:
+        """Each (step, resource) checked as :meth:`_set_step_resource`
+        checks it, against the steps read under lock in one statement and
+        written in one batch."""
+        rows = _locked_many(c, _STEPS, [step for step, _ in resources], "step")
+        # What each step holds as the batch goes: a step named twice is
+        # checked against its first resource, as one at a time would.
+        held = {key: (row.state, row.resource_id) for key, row in rows.items()}
+        now = self._now()
+        updates: dict[int, dict[str, Any]] = {}
+        for step_id, resource_id in resources:
+            state, current = held[step_id]
+            if state == StepState.ACTING:
+                if current == resource_id:
+                    continue
+                raise ValueError(
+                    f"step {step_id} already has resource "
+                    f"{current}, not {resource_id}"
+                )
+            state = check_step_transition(
+                state, StepState.ACTING, what=f"step {step_id}"
+            )
+            held[step_id] = (state, resource_id)
+            updates[step_id] = {
+                "key": step_id,
+                "state": state,
+                "resource_id": resource_id,
+                "updated_at": now,
+            }
+        if updates:
+            c.execute(_UPDATE["steps"], list(updates.values()))
 
     def _set_step_resource(
         self, c: sa.Connection, step_id: int, resource_id: str

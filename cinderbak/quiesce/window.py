@@ -315,6 +315,19 @@ def _log_thaw_retry(state: tenacity.RetryCallState) -> None:
     )
 
 
+def unfrozen_reason(quiescer: Quiescer) -> str | None:
+    """Why a window (mode not off) with ``quiescer`` freezes nothing, or
+    None when it issues a freeze. Known before the window:
+    the run engine requests the copies of such a group with the round's
+    detached volumes instead of opening a window for it."""
+    if Capability.APPLICATION_CONSISTENT in quiescer.CAPABILITIES:
+        return None
+    return (
+        f"the configured quiescer ({type(quiescer).__name__}) does not "
+        "freeze guests: backups are crash-consistent"
+    )
+
+
 @contextlib.contextmanager
 def freeze_window(
     quiescer: Quiescer,
@@ -359,11 +372,8 @@ def freeze_window(
     if mode is QuiesceMode.OFF or not servers:
         yield window
         return
-    if Capability.APPLICATION_CONSISTENT not in quiescer.CAPABILITIES:
-        reason = (
-            f"the configured quiescer ({type(quiescer).__name__}) does not "
-            "freeze guests: backups are crash-consistent"
-        )
+    reason = unfrozen_reason(quiescer)
+    if reason is not None:
         if mode is QuiesceMode.REQUIRED:
             raise QuiesceRequiredError(
                 servers[0], reason, guest_may_be_frozen=False

@@ -499,6 +499,35 @@ def test_start_runs_claims_only_pending_runs(journal):
         journal.start_runs(["nope"])
 
 
+def test_overlapping_start_runs_claim_each_run_exactly_once(url, clock):
+    """Daemons claiming overlapping batches at once (the ring changing
+    under them): every run is claimed by exactly one of them, none waits
+    for ever (rows are locked in id order in one statement)."""
+    journals = [_open(url, clock) for _ in range(3)]
+    try:
+        ids = [
+            journals[0].begin_run("daily", f"vol-{n}", T0, project_id="p").id
+            for n in range(9)
+        ]
+        batches = [ids[0:6], ids[3:9], ids[::-1]]
+        won, lost = _race(
+            [
+                functools.partial(jr.start_runs, batch)
+                for jr, batch in zip(journals, batches, strict=True)
+            ]
+        )
+        assert lost == []
+        claimed = [run_id for result in won for run_id in result]
+        assert sorted(claimed) == sorted(ids)
+        assert all(
+            journals[0].get_run(run_id).state is RunState.RUNNING
+            for run_id in ids
+        )
+    finally:
+        for jr in journals:
+            jr.close()
+
+
 def test_finish_runs_writes_outcomes_and_done_steps_at_once(journal):
     ids = [_running(journal, f"vol-{n}") for n in range(3)]
     step = journal.begin_step(

@@ -19,7 +19,7 @@ from cinderbak.quiesce.base import (
     load_quiescer,
 )
 from cinderbak.quiesce.noop import NoopQuiescer
-from cinderbak.quiesce.window import freeze_window
+from cinderbak.quiesce.window import freeze_window, unfrozen_reason
 
 ENTRY_POINTS = """\
 [cinderbak.quiescers]
@@ -141,6 +141,25 @@ def test_crash_only_quiescer_is_crash_when_preferred(conf):
     ) as window:
         assert window.consistency == "crash"
         assert "does not freeze guests" in window.error
+
+
+def test_unfrozen_reason_is_known_before_the_window(conf):
+    """The run engine asks before opening a window whether it would freeze
+    anything; the answer and the window's error are one text."""
+
+    class Freezing(NoopQuiescer):
+        CAPABILITIES = frozenset({Capability.APPLICATION_CONSISTENT})
+
+    assert unfrozen_reason(Freezing(conf)) is None
+    reason = unfrozen_reason(NoopQuiescer(conf))
+    assert reason is not None and "NoopQuiescer" in reason
+    with freeze_window(
+        NoopQuiescer(conf),
+        ServerRef("s1", "h1"),
+        max_freeze_seconds=5,
+        mode="preferred",
+    ) as window:
+        assert window.error == reason
 
 
 def test_crash_only_quiescer_fails_required(conf):
