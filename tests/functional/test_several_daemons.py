@@ -249,6 +249,16 @@ def _wait_settled(journal, policy, slot, volumes, timeout, what) -> None:
     wait_until(settled, timeout, what, interval=1)
 
 
+def _next_slot_settled(journal, policy, after, volumes, what):
+    """The first slot after ``after`` with volume runs, once every volume
+    has a final run in it; and its runs."""
+    slot = wait_until(
+        lambda: _first_slot(journal, policy, after=after), 150, what
+    )
+    _wait_settled(journal, policy, slot, volumes, 240, f"{what} settled")
+    return slot, _slot_runs(journal, policy, slot)
+
+
 def _wait_shares_settled(journal, policy, slot, what) -> None:
     """Wait until the slot's 12 volume runs and 3 shares are final."""
 
@@ -400,15 +410,9 @@ def test_three_daemons_share_slots_ride_out_etcd_and_thaw_a_killed_ones_guest(
         assert {r["host"] for r in rows if r["beats"] > 0} >= set(members)
 
         # -- slot 2: etcd back, the whole group, each volume once.
-        second = wait_until(
-            lambda: _first_slot(journal, policy, after=first),
-            150,
-            "the next slot",
+        second, runs = _next_slot_settled(
+            journal, policy, first, every_volume, "the next slot"
         )
-        _wait_settled(
-            journal, policy, second, every_volume, 240, "the next slot settled"
-        )
-        runs = _slot_runs(journal, policy, second)
         assert {r.state for r in runs if r.target in every_volume} == {
             states.SUCCEEDED
         }
@@ -422,16 +426,10 @@ def test_three_daemons_share_slots_ride_out_etcd_and_thaw_a_killed_ones_guest(
             time.sleep(1)
         rejoined = started[cut_off].output().count("joining again")
         etcd.unreachable_until = time.monotonic() + 3600
-        third = wait_until(
-            lambda: _first_slot(journal, policy, after=second),
-            150,
-            "the slot with one daemon cut off",
-        )
-        _wait_settled(
-            journal, policy, third, every_volume, 240, "that slot settled"
+        _, runs = _next_slot_settled(
+            journal, policy, second, every_volume, "the slot with one cut off"
         )
         etcd.unreachable_until = 0.0
-        runs = _slot_runs(journal, policy, third)
         cut_shares = collections.Counter(
             r.host for r in runs if r.target in every_volume
         )

@@ -132,13 +132,18 @@ def test_off_yields_a_crash_window(conf):
     assert intents == [] and window.duration is None
 
 
-def test_crash_only_quiescer_is_crash_when_preferred(conf):
-    with freeze_window(
+def _noop_window(conf):
+    """A window of a quiescer that cannot freeze, freezing preferred."""
+    return freeze_window(
         NoopQuiescer(conf),
         ServerRef("s1", "h1"),
         max_freeze_seconds=5,
         mode="preferred",
-    ) as window:
+    )
+
+
+def test_crash_only_quiescer_is_crash_when_preferred(conf):
+    with _noop_window(conf) as window:
         assert window.consistency == "crash"
         assert "does not freeze guests" in window.error
 
@@ -153,12 +158,7 @@ def test_unfrozen_reason_is_known_before_the_window(conf):
     assert unfrozen_reason(Freezing(conf)) is None
     reason = unfrozen_reason(NoopQuiescer(conf))
     assert reason is not None and "NoopQuiescer" in reason
-    with freeze_window(
-        NoopQuiescer(conf),
-        ServerRef("s1", "h1"),
-        max_freeze_seconds=5,
-        mode="preferred",
-    ) as window:
+    with _noop_window(conf) as window:
         assert window.error == reason
 
 
