@@ -125,6 +125,7 @@ class Step(Base):
         sa.Index("ix_steps_kind_state", "kind", "state"),
         sa.Index("ix_steps_state", "state"),
         sa.Index("ix_steps_resource_id", "resource_id"),
+        sa.Index("ix_steps_target_kind", "target", "kind"),
         # Never reuse an id on SQLite, even after the newest run is pruned.
         {"sqlite_autoincrement": True},
     )
