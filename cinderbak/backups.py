@@ -42,27 +42,6 @@ def parse_time(value: str | None) -> datetime.datetime | None:
     return parsed
 
 
-PLANNED_FIELDS = (
-    "id",
-    "metadata",
-    "created_at",
-    "data_timestamp",
-    "is_incremental",
-    "status",
-    "has_dependent_backups",
-)
-"""What the planner reads of a backup; the SDK's attribute names are the
-API's JSON keys, so both shapes convert through one function."""
-
-
-def to_info(backup: Any, deployment_id: str) -> BackupInfo:
-    """Convert an SDK backup to the planner's view of it."""
-    return info_from_dict(
-        {field: getattr(backup, field, None) for field in PLANNED_FIELDS},
-        deployment_id,
-    )
-
-
 def info_from_dict(item: Mapping[str, Any], deployment_id: str) -> BackupInfo:
     """Convert a backup as listed (decoded JSON) to the planner's view."""
     metadata = item.get("metadata") or {}

@@ -875,22 +875,20 @@ class PolicyRun:
                 len(group),
                 "crash-consistent",
             )
+            unconfirmable = (
+                mode is tenant.QuiesceMode.OFF
+                and self.policy.transfer_mode is TransferMode.VOLUME
+                and self.observer is None
+            )
             for job in group:
                 if reason:
                     job.notes.append(f"not quiesced: {reason}")
-                self._note_unconfirmable(job, mode)
-
-    def _note_unconfirmable(self, job: Job, mode: tenant.QuiesceMode) -> None:
-        if (
-            mode is tenant.QuiesceMode.OFF
-            and self.policy.transfer_mode is TransferMode.VOLUME
-            and (self.observer is None)
-        ):
-            job.notes.append(
-                "no read-only access to the volume "
-                "cluster ([volume_cluster] conf): "
-                "volume-mode backups are crash-consistent"
-            )
+                if unconfirmable:
+                    job.notes.append(
+                        "no read-only access to the volume "
+                        "cluster ([volume_cluster] conf): "
+                        "volume-mode backups are crash-consistent"
+                    )
 
     def _request_copies(
         self, jobs: Sequence[Job], *, parallel: bool = False
@@ -968,6 +966,8 @@ class PolicyRun:
 
     def _start_group(self, group: list[Job]) -> None:
         """One freeze for a server's volumes, all copies requested inside.
+        Only for groups that freeze or require it: a group nothing freezes
+        is requested with the round (:meth:`_request_unfrozen`).
 
         A copy is marked quiesced only when its point in time is known to
         lie inside the freeze: the snapshot left ``creating``, or the Ceph
@@ -1060,7 +1060,6 @@ class PolicyRun:
                 job.notes.append(
                     "copy not confirmed inside the freeze; marked crash"
                 )
-            self._note_unconfirmable(job, mode)
 
     def _copies_in_window(
         self, group: list[Job], window: FreezeWindow
