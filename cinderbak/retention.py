@@ -74,7 +74,7 @@ KEYS: Final = (
     "monthly",
     "yearly",
 )
-_COUNT_KEYS = tuple(k for k in KEYS if k != "within")
+COUNT_KEYS = tuple(k for k in KEYS if k != "within")
 FORM: Final = (
     "comma-separated key=value, e.g. last=7, within=3d, daily=14, "
     "weekly=8, monthly=12"
@@ -106,7 +106,7 @@ class Retention:
     orphan_keep_days: int = 30
 
     def __post_init__(self) -> None:
-        for name in (*_COUNT_KEYS, "orphan_keep_last", "orphan_keep_days"):
+        for name in (*COUNT_KEYS, "orphan_keep_last", "orphan_keep_days"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(
@@ -117,7 +117,7 @@ class Retention:
         for name in ("within", "error_grace"):
             if getattr(self, name) < datetime.timedelta():
                 raise ValueError(f"{name} must not be negative")
-        if not self.within and not any(getattr(self, k) for k in _COUNT_KEYS):
+        if not self.within and not any(getattr(self, k) for k in COUNT_KEYS):
             # Rejected rather than read as "keep everything" or "keep the
             # newest": a forgotten value must not silently delete history.
             raise ValueError(

@@ -302,6 +302,15 @@ _KNOWN_BACKUPS = sa.select(_STEPS.c.target, _STEPS.c.resource_id).where(
     _STEPS.c.resource_id.is_not(None),
     _STEPS.c.target.in_(sa.bindparam("keys", expanding=True)),
 )
+_CREATIONS = sa.select(
+    sa.func.count(),
+    sa.func.coalesce(sa.func.sum(_STEPS.c.id), 0),
+    sa.func.count(_STEPS.c.resource_id),
+    sa.func.count(_STEPS.c.finished_at),
+).where(
+    _STEPS.c.kind == StepKind.BACKUP_CREATE,
+    _STEPS.c.target.in_(sa.bindparam("keys", expanding=True)),
+)
 _CREATE_DETAILS = sa.select(_STEPS.c.resource_id, _STEPS.c.details).where(
     _STEPS.c.kind == StepKind.BACKUP_CREATE,
     _STEPS.c.state == StepState.DONE,
@@ -709,16 +718,20 @@ class Journal:
         run_id: str,
         state: RunState,
         summary: Mapping[str, Any] | None = None,
+        *,
+        attrs: Mapping[str, Any] | None = None,
     ) -> RunRecord:
         """Give a run its outcome; ``finished_at`` is set.
 
         *state* must be final and reachable from the run's current state
         (see :data:`~cinderbak.journal.states.RUN_TRANSITIONS`), else
         InvalidTransition. *summary* is free JSON for operators (counts,
-        errors, the consistency reached).
+        errors, the consistency reached). *attrs* are merged into the
+        run's own: what a run learns only as it goes (an expiry pass
+        plans while it deletes).
         """
         with self._core_writing() as c:
-            return self._finish_run(c, run_id, state, summary)
+            return self._finish_run(c, run_id, state, summary, attrs)
 
     def finish_runs(self, ends: Iterable[RunEnd]) -> None:
         """Settle several runs, and the steps each observed DONE, in one
@@ -810,6 +823,7 @@ class Journal:
         run_id: str,
         state: RunState,
         summary: Mapping[str, Any] | None,
+        attrs: Mapping[str, Any] | None = None,
     ) -> RunRecord:
         if RunState(state) not in FINAL_RUN_STATES:
             raise ValueError(f"{state} is not a final run state")
@@ -827,6 +841,8 @@ class Journal:
             "finished_at": now,
             "updated_at": now,
         }
+        if attrs:
+            changes["attrs"] = {**(row.attrs or {}), **attrs}
         _update(c, _RUNS, run_id, changes)
         return RunRecord(**{**_run_fields(row, False), **changes})
 
@@ -1370,6 +1386,85 @@ class Journal:
                 for volume_id, backup_id in c.execute(_KNOWN_BACKUPS, keys):
                     found.setdefault(volume_id, set()).add(str(backup_id))
         return found
+
+    def creations_mark(self, volume_ids: Iterable[str]) -> tuple[int, ...]:
+        """A mark of every backup creation recorded for these volumes,
+        any host: it changes with each new creation step, each backup id
+        or outcome recorded, and each step pruned. Expiry compares it to
+        tell that no backup was made in a project since it last looked.
+        """
+        wanted = sorted(set(volume_ids))
+        totals = [0, 0, 0, 0]
+        with self._engine.connect() as c:
+            for start in range(0, len(wanted), _IN_BATCH):
+                keys = {"keys": wanted[start : start + _IN_BATCH]}
+                row = c.execute(_CREATIONS, keys).one()
+                totals = [t + int(v) for t, v in zip(totals, row, strict=True)]
+        return tuple(totals)
+
+    def quiet_looks(
+        self, policy: str
+    ) -> dict[str, tuple[str, datetime.datetime]]:
+        """For each project: the fingerprint and time of the last look
+        at its backups that found nothing ``policy`` could delete."""
+        look = models.QuietLook
+        query = sa.select(look).where(look.policy == policy)
+        with self._read() as s:
+            return {
+                row.project_id: (row.fingerprint, row.looked_at)
+                for row in s.scalars(query)
+            }
+
+    def remember_quiet(
+        self,
+        policy: str,
+        fingerprints: Mapping[str, str],
+        looked_at: datetime.datetime,
+    ) -> None:
+        """Record quiet looks (project id to fingerprint), replacing the
+        projects' earlier ones. Two daemons may record the same project
+        at once: both write what they saw, and either row will do."""
+        if not fingerprints:
+            return
+        look = models.QuietLook
+        when = to_utc(looked_at)
+        projects = sorted(fingerprints)
+        for attempt in (1, 2):
+            try:
+                with self._writing() as s:
+                    s.execute(
+                        sa.delete(look).where(
+                            look.policy == policy,
+                            look.project_id.in_(projects),
+                        )
+                    )
+                    s.add_all(
+                        look(
+                            policy=policy,
+                            project_id=p,
+                            fingerprint=fingerprints[p],
+                            looked_at=when,
+                        )
+                        for p in projects
+                    )
+                return
+            except sa.exc.IntegrityError:
+                if attempt == 2:
+                    raise
+
+    def forget_quiet(self, policy: str, project_ids: Iterable[str]) -> None:
+        """Drop the quiet looks of these projects: a later look found
+        something to do there."""
+        projects = sorted(set(project_ids))
+        if not projects:
+            return
+        look = models.QuietLook
+        with self._writing() as s:
+            s.execute(
+                sa.delete(look).where(
+                    look.policy == policy, look.project_id.in_(projects)
+                )
+            )
 
     def last_final_runs(
         self, policy: str, targets: Iterable[str]

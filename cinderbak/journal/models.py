@@ -169,3 +169,27 @@ class Beat(Base):
     beats: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
     # For operators reading the table; not used to judge liveness.
     beat_at: orm.Mapped[datetime.datetime]
+
+
+class QuietLook(Base):
+    """The last listing of a project's backups, for one policy, that
+    found nothing expiry could ever delete without something changing.
+
+    An expiry pass does not list that project again while the
+    fingerprint of what could change it (the policy's retention, the
+    project's volumes, the journal's backup creations for them) is the
+    same and the look is younger than ``[expiry] quiet_project_max_age``
+    (see :mod:`cinderbak.quiet`).
+    """
+
+    __tablename__ = "quiet_looks"
+
+    policy: orm.Mapped[str] = orm.mapped_column(
+        sa.String(255), primary_key=True
+    )
+    project_id: orm.Mapped[str] = orm.mapped_column(
+        sa.String(255), primary_key=True
+    )
+    fingerprint: orm.Mapped[str] = orm.mapped_column(sa.String(64))
+    # The expiry pass's time (its slot), not a host's clock.
+    looked_at: orm.Mapped[datetime.datetime]

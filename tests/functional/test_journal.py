@@ -551,6 +551,47 @@ def test_finish_runs_writes_outcomes_and_done_steps_at_once(journal):
     assert journal.get_run(ids[2]).state is RunState.RUNNING
 
 
+def test_the_creations_mark_moves_with_every_backup_recorded(journal):
+    """What lets expiry skip a quiet project: any creation for one of
+    its volumes, its backup id, its end or its pruning changes the mark;
+    other volumes' creations and other kinds of step do not."""
+    run_id = _running(journal, "vol-b")
+    other = _running(journal, "vol-c")  # stays open: never pruned
+    marks = [journal.creations_mark(["vol-a", "vol-b"])]
+    assert marks[0] == (0, 0, 0, 0)
+    journal.begin_step(other, StepKind.BACKUP_CREATE, target="vol-c")
+    journal.begin_step(other, StepKind.SNAPSHOT_CREATE, target="vol-a")
+    assert journal.creations_mark(["vol-b", "vol-a"]) == marks[0]
+    step = journal.begin_step(run_id, StepKind.BACKUP_CREATE, target="vol-b")
+    marks.append(journal.creations_mark(["vol-a", "vol-b"]))
+    journal.set_step_resource(step, "bk-1")
+    marks.append(journal.creations_mark(["vol-a", "vol-b"]))
+    journal.complete_step(step)
+    marks.append(journal.creations_mark(["vol-a", "vol-b"]))
+    journal.finish_run(run_id, RunState.SUCCEEDED)
+    journal.prune(older_than=T0 + 365 * 24 * HOUR)
+    marks.append(journal.creations_mark(["vol-a", "vol-b"]))
+    assert len(set(marks[:-1])) == 4, marks
+    # Pruned: as before any was recorded. (A quiet look is younger than
+    # the journal's retention, so it never meets the same mark again.)
+    assert marks[-1] == marks[0]
+
+
+def test_quiet_looks_are_remembered_replaced_and_forgotten(journal):
+    assert journal.quiet_looks("p1") == {}
+    journal.remember_quiet("p1", {"proj-a": "f1", "proj-b": "f2"}, T0)
+    journal.remember_quiet("p2", {"proj-a": "g1"}, T0)
+    later = T0 + HOUR
+    journal.remember_quiet("p1", {"proj-a": "f3"}, later)
+    assert journal.quiet_looks("p1") == {
+        "proj-a": ("f3", later),
+        "proj-b": ("f2", T0),
+    }
+    journal.forget_quiet("p1", ["proj-b", "proj-c"])
+    assert journal.quiet_looks("p1") == {"proj-a": ("f3", later)}
+    assert journal.quiet_looks("p2") == {"proj-a": ("g1", T0)}
+
+
 def test_finish_runs_with_one_refused_keeps_the_others(journal):
     ids = [_running(journal, f"vol-{n}") for n in range(2)]
     journal.finish_run(ids[0], RunState.FAILED)

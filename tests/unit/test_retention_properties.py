@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cinderbak import chains
+from cinderbak.quiet import kept_by_last, volume_stays_quiet
 from cinderbak.retention import (
     BackupInfo,
     Retention,
@@ -415,3 +416,51 @@ def test_an_incremental_is_asked_only_on_a_short_sound_chain(
     assert not chain[-1].is_incremental
     assert sum(b.is_incremental for b in chain) < count
     assert now - utc(chain[-1].data_timestamp) < full_every.max_age
+
+
+@PROFILE
+@given(
+    HISTORIES,
+    retentions(),
+    st.integers(0, 2000 * 1440),
+    st.data(),
+)
+def test_what_last_keeps_alone_stays_without_deletions_whatever_happens(
+    case, retention, later_minutes, data
+):
+    """A volume whose backups ``last`` alone keeps: no later plan deletes
+    anything however much time passes, whichever backups disappear,
+    holds come or go, or foreign backups change status, as long as no
+    backup is added (cinderbak.quiet)."""
+    EXAMPLES["quiet"] += 1
+    backups, now = case
+    if not kept_by_last(backups, retention):
+        return
+    EXAMPLES["quiet (kept by last)"] += 1
+    kept = data.draw(st.lists(st.booleans(), min_size=len(backups)))
+    later: list[BackupInfo] = []
+    for b, stays in zip(backups, kept, strict=False):
+        if not stays:
+            continue
+        changes = {"held": data.draw(st.booleans())}
+        if not b.ours:
+            changes["status"] = data.draw(st.sampled_from(STATUSES))
+        later.append(_replace(b, **changes))
+    result = plan(later, retention, now + later_minutes * MINUTE)
+    assert result.delete_ids == ()
+
+
+@PROFILE
+@given(HISTORIES, retentions(), st.integers(0, 2000 * 1440))
+def test_a_quiet_volume_gets_no_deletion_by_time_alone(
+    case, retention, later_minutes
+):
+    """What lets an expiry pass skip listing a quiet project while
+    nothing it can see changed: time alone makes nothing due."""
+    EXAMPLES["quiet in time"] += 1
+    backups, now = case
+    if not volume_stays_quiet(backups, retention, now):
+        return
+    EXAMPLES["quiet in time (quiet)"] += 1
+    result = plan(backups, retention, now + later_minutes * MINUTE)
+    assert result.delete_ids == ()

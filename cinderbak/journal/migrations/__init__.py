@@ -18,6 +18,6 @@ VERSION_TABLE = "cinderbak_journal_version"
 """Alembic's version table, named so a database shared with other
 applications (or with Cinder itself) never mixes up their revisions."""
 
-HEAD = "0004"
+HEAD = "0005"
 """The newest revision: a journal whose version table holds exactly this
 is current, and start-up need not import alembic to find that out."""
