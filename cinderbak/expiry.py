@@ -40,14 +40,19 @@ Deleting, for each backup in the plan's order:
 A deletion Cinder refuses is recorded and left to a later pass: no retry
 loop within a pass. Deletions per pass are sized from the backlog
 (:mod:`cinderbak.pace`): at least ``[expiry] min_deletions_per_pass``,
-else a ``catch_up_passes``-th of what is due, so expiry keeps pace with
-what the policies create; ``max_deletions_per_pass`` is an optional cap.
+else one per volume with something due plus a ``catch_up_passes``-th of
+the rest, so expiry keeps pace with what the policies create;
+``max_deletions_per_pass`` is an optional cap.
 
 Scale: projects are read one at a time as plain decoded listings
 (:mod:`cinderbak.listing`), each volume planned as its project is read;
 an expiry pass keeps only the volumes with something to delete (and skips
-planning a volume that cannot have any), and settles deletions from
-shared status listings (one per poll, whatever the number in flight).
+planning a volume that cannot have any), reads the next project only
+when deletions could start (so its listing is still fresh enough to be
+their last look), does not list a project whose last look was quiet
+while nothing that could change that has changed (:mod:`cinderbak.quiet`,
+:class:`QuietLooks`), and settles deletions from shared status listings
+(one per poll, whatever the number in flight).
 
 Each pass that deletes something is one journal run, policy
 ``expire:<name>``, target ``expiry``, keyed by the pass's ``now``: two
@@ -62,6 +67,7 @@ import datetime
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from openstack import exceptions as sdk_exceptions
@@ -76,6 +82,7 @@ from cinderbak import (
     dr_sync,
     listing,
     pace,
+    quiet,
     retention,
     tenant,
 )
@@ -99,12 +106,14 @@ OPTS: list[cfg.Opt] = [
         "catch_up_passes",
         default=4,
         min=1,
-        help="Above min_deletions_per_pass, a pass deletes this fraction "
-        "(1/catch_up_passes) of the backlog of a policy: a backlog is "
-        "worked off over about this many passes, and in steady state "
-        "expiry deletes as many backups a day as the policies create. "
-        "Bounds the load a pass puts on the backup service after a "
-        "retention change. The rest waits (the plan says 'deferred').",
+        help="Above min_deletions_per_pass, a pass deletes one backup of "
+        "each volume that has one due (what a slot adds in steady state) "
+        "and this fraction (1/catch_up_passes) of the rest of the "
+        "policy's backlog: an excess is worked off over about this many "
+        "passes, and in steady state expiry deletes what a slot made due "
+        "in the next pass. Bounds the load a pass puts on the backup "
+        "service after a retention change. The rest waits (the plan says "
+        "'deferred').",
     ),
     cfg.IntOpt(
         "max_deletions_per_pass",
@@ -130,6 +139,20 @@ OPTS: list[cfg.Opt] = [
         help="Seconds to wait for one deletion to finish. After that the "
         "pass stops waiting: the deletion is reported as failed and the "
         "rest of that volume's deletions wait for a later pass.",
+    ),
+    cfg.IntOpt(
+        "quiet_project_max_age",
+        default=86400,
+        min=0,
+        help="Seconds a pass may rely on an earlier look at a project's "
+        "backups that found nothing its retention could ever delete (all "
+        "of ours available, no more than 'last' per volume, no orphan): "
+        "while no backup was created there since, its volumes of the "
+        "policy and the retention are unchanged and the look is younger "
+        "than this, the project is not listed again. Bounds what no "
+        "journal sees (an administrator resetting a backup to error, a "
+        "tenant lifting a hold), and is capped at [journal] "
+        "retention_days; 0 lists every project in every pass.",
     ),
 ]
 
@@ -405,6 +428,87 @@ class Pace:
         )
 
 
+class QuietLooks:
+    """One pass's use of quiet looks (:mod:`cinderbak.quiet`): which
+    projects it need not list, and what the ones it listed showed,
+    recorded in the journal once the pass's deletions are known."""
+
+    def __init__(
+        self, parts: Any, policy: Policy, now: datetime.datetime
+    ) -> None:
+        self.journal: Journal = parts.journal
+        self.policy = policy
+        self.now = now
+        self.deployment_id = parts.conf.deployment_id
+        # Never longer than the journal keeps the creations it compares:
+        # a pruned creation must not look like none made.
+        self.max_age = min(
+            datetime.timedelta(
+                seconds=_options(parts.conf).quiet_project_max_age
+            ),
+            self.journal.retention,
+        )
+        self.known = (
+            self.journal.quiet_looks(policy.name) if self.max_age else {}
+        )
+        self.current: dict[str, str] = {}  # fingerprint as of this pass
+        self.pending: dict[str, frozenset[str]] = {}  # quiet once gone
+        self.loud: set[str] = set()
+        self.skipped = 0
+
+    def skip(self, project_id: str, volume_ids: Collection[str]) -> bool:
+        """Whether the pass may leave ``project_id`` unlisted. Reads the
+        journal's creations mark before the listing it may spare, so a
+        backup made after that read changes the next pass's fingerprint."""
+        if not self.max_age:
+            return False
+        current = quiet.fingerprint(
+            retention=self.policy.retention,
+            deployment_id=self.deployment_id,
+            volume_ids=volume_ids,
+            creations=self.journal.creations_mark(volume_ids),
+        )
+        self.current[project_id] = current
+        look = self.known.get(project_id)
+        if quiet.may_skip(look, current, self.now, self.max_age):
+            self.skipped += 1
+            return True
+        return False
+
+    def seen(self, project_id: str, needed: frozenset[str] | None) -> None:
+        """What a listing of ``project_id`` showed: quiet once the
+        ``needed`` deletions are gone, or never (None)."""
+        if project_id not in self.current:
+            return
+        if needed is None:
+            self.loud.add(project_id)
+        else:
+            self.pending[project_id] = needed
+
+    def record(self, gone: AbstractSet[str]) -> None:
+        """Remember the projects that are quiet now that ``gone`` (the
+        backups this pass deleted) are; forget earlier looks at the
+        others. Called once per pass, after its deletions."""
+        if not self.max_age:
+            return
+        name = self.policy.name
+        found = {
+            p: self.current[p]
+            for p, needed in self.pending.items()
+            if needed <= gone
+        }
+        self.journal.remember_quiet(name, found, self.now)
+        stale = (self.loud | set(self.pending)) - set(found)
+        self.journal.forget_quiet(name, stale & set(self.known))
+        if self.skipped:
+            LOG.info(
+                "policy %s: %d projects not listed, quiet and unchanged "
+                "since their last look",
+                name,
+                self.skipped,
+            )
+
+
 class _Reader:
     """Gathers the plans of one policy, one owning project at a time."""
 
@@ -416,6 +520,7 @@ class _Reader:
         self.problems: list[ExpiryRow] = []
         self._exists: dict[str, bool] = {}
         self.backlog = 0  # deletions due, over every volume planned
+        self.volumes_due = 0  # volumes with at least one of them
         self.granted = 0  # of which this pass makes
 
     def owners(self, targets: Mapping[str, str]) -> list[str]:
@@ -447,18 +552,22 @@ class _Reader:
         backups, else None (not ours to plan)."""
         if volume_id in targets:
             return True
-        mine = self.policy.name
-        if not any(
-            tenant.is_ours(b.get("metadata") or {}, self.deployment_id)
-            and (b.get("metadata") or {}).get(tenant.POLICY) == mine
-            for b in listed
-        ):
+        if not self._marked_mine(listed):
             return None
-        if governing_policy(listed, self.deployment_id) != mine:
+        if governing_policy(listed, self.deployment_id) != self.policy.name:
             return None  # another policy's pass governs this orphan
         if self.volume_exists(volume_id):
             return None  # opted out or moved to another policy: kept
         return False
+
+    def _marked_mine(self, listed: list[dict[str, Any]]) -> bool:
+        """Whether any listed backup is ours with this policy's mark."""
+        mine = self.policy.name
+        return any(
+            tenant.is_ours(b.get("metadata") or {}, self.deployment_id)
+            and (b.get("metadata") or {}).get(tenant.POLICY) == mine
+            for b in listed
+        )
 
     def targets(self) -> dict[str, str]:
         """The policy's volumes now, by id, with their projects."""
@@ -492,14 +601,23 @@ class _Reader:
         volume_ids: Collection[str] | None,
         deletions_only: bool,
         owns: Callable[[str], bool] | None = None,
+        looks: QuietLooks | None = None,
     ) -> Iterator[VolumePlan]:
         """Yield the plan of each volume, project by project, as its
         project is read; deletions are granted as the backlog is seen
         (:func:`cinderbak.pace.allowance`). With ``deletions_only``, a
         volume that cannot have a deletion is not planned and a plan
-        without deletions is not yielded (an expiry pass)."""
+        without deletions is not yielded (an expiry pass). With
+        ``looks``, a project whose last look was quiet and that nothing
+        changed since is not listed (:mod:`cinderbak.quiet`), and what
+        each listed project shows is told to ``looks``."""
         targets = self.targets()
+        volumes_of = self._volumes_by_owner(targets)
         for project_id in self.owners(targets):
+            if looks is not None and looks.skip(
+                project_id, volumes_of.get(project_id, ())
+            ):
+                continue
             try:
                 began, by_volume = self.project_backups(project_id)
             except API_ERRORS as exc:
@@ -516,7 +634,19 @@ class _Reader:
                 deletions_only,
                 (project_id, began, by_volume, targets),
                 owns,
+                looks,
             )
+
+    def _volumes_by_owner(
+        self, targets: Mapping[str, str]
+    ) -> dict[str, list[str]]:
+        """The policy's volumes whose backups each owning project holds."""
+        if self.policy.ownership is Ownership.SERVICE:
+            return {str(self.cloud.service.current_project_id): list(targets)}
+        found: dict[str, list[str]] = {}
+        for volume_id, project_id in targets.items():
+            found.setdefault(project_id, []).append(volume_id)
+        return found
 
     def _project_plans(
         self,
@@ -526,9 +656,15 @@ class _Reader:
         deletions_only: bool,
         read: tuple[str, float, dict[str, list[Any]], Mapping[str, str]],
         owns: Callable[[str], bool] | None = None,
+        looks: QuietLooks | None = None,
     ) -> Iterator[VolumePlan]:
         project_id, began, by_volume, targets = read
         name = self.policy.name
+        problems_before = len(self.problems)
+        # What this pass leaves of each volume (its history, the ids it
+        # deletes), None once one cannot stay quiet (:mod:`cinderbak.quiet`).
+        after: dict[str, tuple[list[BackupInfo], Iterable[str]]] | None
+        after = {} if looks is not None else None
         trusted = self.parts.journal.known_backups(by_volume)
         infos = {
             volume_id: [
@@ -551,10 +687,23 @@ class _Reader:
             if info.ours and info.id in made
         )
         for volume_id in sorted(by_volume):
-            if owns is not None and not owns(volume_id):
-                continue  # another daemon's share
             if not any(info.ours for info in infos[volume_id]):
                 continue
+            if after is not None:
+                service = self.policy.ownership is Ownership.SERVICE
+                if targets.get(volume_id) == project_id or (
+                    service and volume_id in targets
+                ):
+                    after[volume_id] = (infos[volume_id], ())
+                elif volume_id in targets or self._marked_mine(
+                    by_volume[volume_id]
+                ):
+                    # An orphan, a volume that left the policy or one now
+                    # in another project: what makes these due is not in
+                    # this project's fingerprint.
+                    after = None
+            if owns is not None and not owns(volume_id):
+                continue  # another daemon's share
             try:
                 exists = self.covered(volume_id, by_volume[volume_id], targets)
             except API_ERRORS as exc:
@@ -583,6 +732,11 @@ class _Reader:
                     ExpiryRow.problem(name, project_id, volume_id, str(exc))
                 )
                 continue
+            if after is not None and volume_id in after:
+                after[volume_id] = (
+                    infos[volume_id],
+                    [d.backup_id for d in result.deletions],
+                )
             if volume_ids and volume_id not in volume_ids:
                 continue  # planned all the same: it used the budget
             if deletions_only and not result.deletions:
@@ -602,6 +756,15 @@ class _Reader:
                 history=history,
                 plan=result,
                 listed=listed,
+            )
+        if looks is not None:
+            if len(self.problems) != problems_before:
+                after = None
+            looks.seen(
+                project_id,
+                None
+                if after is None
+                else quiet.quiet_after(after, self.policy.retention, now),
             )
 
     def _plan(
@@ -624,9 +787,11 @@ class _Reader:
             floor=pace_of.floor,
             spread=pace_of.spread,
             cap=pace_of.cap,
+            volumes=self.volumes_due,
         )
         self.backlog += due
         self.granted += granted
+        self.volumes_due += 1 if due else 0
         if granted == due:
             return result
         return retention.plan(
@@ -647,6 +812,7 @@ def iter_plans(
     volume_ids: Collection[str] | None = None,
     deletions_only: bool = False,
     owns: Callable[[str], bool] | None = None,
+    looks: QuietLooks | None = None,
 ) -> Iterator[VolumePlan | ExpiryRow]:
     """Yield the plan of every volume ``policy`` covers that has backups
     of ours, project by project as each is read, then rows for the
@@ -656,8 +822,9 @@ def iter_plans(
     with ``max_deletions``) and granted in the order volumes are planned
     (by project, then volume id). ``volume_ids`` limits what is yielded,
     not what is planned, so each plan is the one a pass would carry out;
-    ``deletions_only`` yields only plans that delete something. Reads
-    only: nothing is changed.
+    ``deletions_only`` yields only plans that delete something; with
+    ``looks`` (a pass that deletes) quiet, unchanged projects are not
+    read. Reads only: nothing is changed.
     """
     reader = _Reader(parts, policy)
     yield from reader.plans(
@@ -666,6 +833,7 @@ def iter_plans(
         volume_ids,
         deletions_only,
         owns,
+        looks,
     )
     yield from reader.problems
     if reader.backlog:
@@ -686,6 +854,7 @@ def plan_policy(
     volume_ids: Collection[str] | None = None,
     deletions_only: bool = False,
     owns: Callable[[str], bool] | None = None,
+    looks: QuietLooks | None = None,
 ) -> tuple[list[VolumePlan], list[ExpiryRow]]:
     """Given a policy, return the plans and the problem rows of
     :func:`iter_plans`, as two lists."""
@@ -699,6 +868,7 @@ def plan_policy(
         volume_ids=volume_ids,
         deletions_only=deletions_only,
         owns=owns,
+        looks=looks,
     ):
         if isinstance(item, ExpiryRow):
             problems.append(item)
@@ -779,40 +949,57 @@ class _Deleter:
         self.options = _options(parts.conf)
         self.deployment_id = parts.conf.deployment_id
         self.results: dict[str, str] = {}
+        self.plans: list[VolumePlan] = []
+        self.problems: list[ExpiryRow] = []
+        self._stream: Iterator[VolumePlan | ExpiryRow] = iter(())
         self.run_id = ""
         self._listed: dict[
             tuple[str, str], tuple[float, dict[str, dict[str, Any]]]
         ] = {}
 
-    def execute(
-        self, plans: list[VolumePlan], *, kept: int | None = None
-    ) -> dict[str, str]:
-        """Delete what ``plans`` say; return a result per backup id.
-        ``kept`` (how many backups the pass keeps) goes to the report."""
-        wanted = [d.backup_id for p in plans for d in p.plan.deletions]
-        attrs: dict[str, int] = {"deletions": len(wanted)}
-        if kept is not None:
-            attrs["kept"] = kept
+    def execute(self, stream: Iterable[VolumePlan | ExpiryRow]) -> None:
+        """Delete what the plans of ``stream`` (:func:`iter_plans`) say,
+        each volume's as soon as it is planned; results per backup id go
+        to ``results``, the plans with deletions to ``plans`` and the
+        rows of what could not be planned to ``problems``.
+
+        The stream is read only as fast as deletions start: a project is
+        listed right before its deletions, so that listing is still fresh
+        enough to be their last look (:meth:`_fresh`) instead of a second
+        listing of the project; and the first deletion of a pass does
+        not wait for every project to be read.
+        """
+        self._stream = iter(stream)
+        first = self._pull()
+        if first is None:
+            return
         run = self.journal.begin_run(
             RUN_PREFIX + self.policy.name,
             RUN_TARGET,
             self.now,
             project_id=None,
-            attrs=attrs,
         )
         if not run.created:
             why = (
                 f"{SKIPPED}: expiry pass {self.now.isoformat()} of this "
                 f"policy is already {run.state} (run {run.id})"
             )
-            return dict.fromkeys(wanted, why)
+            while self._pull() is not None:
+                pass
+            for plan in self.plans:
+                for d in plan.plan.deletions:
+                    self.results[d.backup_id] = why
+            return
         self.run_id = run.id
         self.journal.start_run(run.id)
         try:
-            self._loop([_Queue.of(p) for p in plans])
+            self._loop(first)
         except Exception as exc:
             self.journal.finish_run(
-                run.id, states.FAILED, {**self._summary(), "error": str(exc)}
+                run.id,
+                states.FAILED,
+                {**self._summary(), "error": str(exc)},
+                attrs=self._counts(),
             )
             raise
         summary = self._summary()
@@ -822,8 +1009,28 @@ class _Deleter:
             state = states.FAILED
         else:
             state = states.SUCCEEDED
-        self.journal.finish_run(run.id, state, summary)
-        return self.results
+        self.journal.finish_run(run.id, state, summary, attrs=self._counts())
+
+    def _pull(self) -> _Queue | None:
+        """The next volume with deletions from the stream (None at its
+        end); plans and problem rows are kept as they pass."""
+        for item in self._stream:
+            if isinstance(item, ExpiryRow):
+                self.problems.append(item)
+                continue
+            self.plans.append(item)
+            queue = _Queue.of(item)
+            if queue.pending:
+                return queue
+        return None
+
+    def _counts(self) -> dict[str, int]:
+        """For the pass's report: deletions planned, backups kept (over
+        the volumes with deletions)."""
+        return {
+            "deletions": sum(len(p.plan.deletions) for p in self.plans),
+            "kept": sum(len(p.plan.keep_ids) for p in self.plans),
+        }
 
     def _summary(self) -> dict[str, int]:
         values = list(self.results.values())
@@ -833,11 +1040,19 @@ class _Deleter:
             "skipped": sum(v.startswith(SKIPPED) for v in values),
         }
 
-    def _loop(self, queues: list[_Queue]) -> None:
+    def _loop(self, first: _Queue) -> None:
         limit = self.options.max_concurrent_deletions
-        waiting = collections.deque(q for q in queues if q.pending)
+        waiting = collections.deque([first])
         in_flight: list[_Queue] = []
-        while waiting or in_flight:
+        more = True  # the stream may hold more plans
+        while waiting or in_flight or more:
+            # Plan on only while deletions could start right away.
+            while more and len(waiting) + len(in_flight) < limit:
+                queue = self._pull()
+                if queue is None:
+                    more = False
+                else:
+                    waiting.append(queue)
             # Each waiting volume is looked at once per round at most; one
             # not ready (a recheck pause) goes to the back.
             for _ in range(len(waiting)):
@@ -851,6 +1066,8 @@ class _Deleter:
                 elif queue.pending:
                     waiting.append(queue)  # looks again after a pause
             if not (waiting or in_flight):
+                if more:
+                    continue  # every started deletion is settled
                 return
             if self.stop.wait(self.parts.conf.poll_interval):
                 for queue in [*waiting, *in_flight]:
@@ -1088,27 +1305,39 @@ def expire_policy(
     volumes between the daemons of a region; each sizes its budget from
     the backlog of its own share.
     """
-    work, rows = plan_policy(
-        parts,
-        policy,
-        now,
-        max_deletions=max_deletions,
-        deletions_only=True,
-        owns=owns,
-    )
     if dry_run:
+        work, rows = plan_policy(
+            parts,
+            policy,
+            now,
+            max_deletions=max_deletions,
+            deletions_only=True,
+            owns=owns,
+        )
         for p in work:
             rows.extend(p.row(d, DRY_RUN) for d in p.plan.deletions)
         return rows
-    if not work:
-        return rows
+    looks = QuietLooks(parts, policy, now)
     deleter = _Deleter(parts, policy, now, stop or threading.Event())
-    kept = sum(len(p.plan.keep_ids) for p in work)
-    results = deleter.execute(work, kept=kept)
-    dr_sync.forget(parts, [i for i, r in results.items() if r in GONE])
+    deleter.execute(
+        iter_plans(
+            parts,
+            policy,
+            now,
+            max_deletions=max_deletions,
+            deletions_only=True,
+            owns=owns,
+            looks=looks,
+        )
+    )
+    results = deleter.results
+    gone = {i for i, r in results.items() if r in GONE}
+    looks.record(gone)
+    dr_sync.forget(parts, sorted(gone))
     if deleter.run_id:
         announce.run_ended(parts, RUN_PREFIX + policy.name, now)
-    for p in work:
+    rows = list(deleter.problems)
+    for p in deleter.plans:
         rows.extend(
             p.row(d, results.get(d.backup_id, f"{SKIPPED}: not reached"))
             for d in p.plan.deletions

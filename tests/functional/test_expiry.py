@@ -174,9 +174,15 @@ def test_last_three_with_full_every_two_leaves_the_newest_chain(
     assert "expiry run of policy keep3" in shown
     assert "expiry:     6 deleted, 0 failed, 0 skipped, 9 kept" in shown
     assert f"{ours[0]} of volume {volume.id}" in shown
-    # A second pass finds nothing to do.
+    # The pass saw both projects left with nothing retention could ever
+    # delete: a second pass neither lists them nor finds anything to do.
+    assert set(journal.quiet_looks("keep3")) == {
+        volume.project_id,
+        theirs.project_id,
+    }
     assert cinderbak.run("expire", "--policy", "keep3") == []
     assert cinderbak.last_returncode == 0
+    assert "keep3: 2 projects not listed" in cinderbak.last_stderr
     # The newest kept backup restores to exactly the volume's data.
     restored = _restore(alice, ours[5], cleanup)
     assert localstack.read_volume_md5(stack, restored) == (
