@@ -11,10 +11,13 @@ subprocess, so CPU and peak RSS are cinderbak's own (``wait4``):
   completed backup, requests per backup;
 * ``expiry``: ``--days`` simulated days over ``--expiry-volumes``
   volumes: each day ages every backup by a day, adds the day's backup
-  of every volume (as the policy's run would) and runs the expiry passes
-  of that day (one after the run, plus one per ``expiry_interval``, 4 a
-  day by default); prints the backlog (backups retention no longer
-  keeps, still present) at the end of each day. It must not grow.
+  of every volume and records it in the journal (as the policy's run
+  would: expiry trusts an owner mark only where the journal backs it,
+  and leaves a quiet project unlisted until the journal shows a new
+  backup there), and runs the expiry passes of that day (one after the
+  run, plus one per ``expiry_interval``, 4 a day by default); prints
+  the backlog (backups retention no longer keeps, still present) at the
+  end of each day. It must not grow.
 
     python bench/bench_scale.py [--sizes 1000,10000,50000] \
         [--run-sizes 1000,10000] [--days 5] [--expiry-volumes 2000]
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import contextlib
+import datetime
 import json
 import os
 import pathlib
@@ -140,7 +144,7 @@ class Measured:
 
 
 def control(url: str, path: str) -> dict:
-    method = "GET" if path == "stats" else "POST"
+    method = "GET" if path.split("?")[0] in ("stats", "ours") else "POST"
     request = urllib.request.Request(f"{url}/_sim/{path}", method=method)
     with urllib.request.urlopen(request) as answer:  # noqa: S310 - local
         return json.load(answer)
@@ -169,6 +173,69 @@ def cinderbak(
         sys.stderr.write(measured.stderr[-3000:])
         raise SystemExit(f"cinderbak {' '.join(cmd)}: exit {measured.status}")
     return measured
+
+
+# Records backups in the journal as the runs that made them would have:
+# one run per volume, a done backup_create step with the backup's id.
+# Run with the measured code (its journal schema), from the bench.
+RECORDER = """
+import datetime, json, sys
+from cinderbak.journal import Journal, RunEnd, RunState, StepKind
+url, policy, when = sys.argv[1], sys.argv[2], sys.argv[3]
+journal = Journal.from_url(url)
+journal.upgrade()
+made = json.load(sys.stdin)
+known = journal.known_backups(v for v, _p, _b in made)
+fresh = [m for m in made if m[2] not in known.get(m[0], ())]
+projects = {v: p for v, p, _b in fresh}
+runs = journal.begin_runs(
+    policy, projects, datetime.datetime.fromisoformat(when))
+journal.start_runs(r.id for r in runs.values())
+steps = journal.begin_steps(
+    (runs[v].id, StepKind.BACKUP_CREATE, v, None) for v, _p, _b in fresh)
+journal.set_step_resources(
+    (s, b) for s, (_v, _p, b) in zip(steps, fresh, strict=True))
+done = {}
+for s, (v, _p, _b) in zip(steps, fresh, strict=True):
+    done.setdefault(runs[v].id, []).append((s, None))
+journal.finish_runs(
+    RunEnd(r, RunState.SUCCEEDED, {}, tuple(d)) for r, d in done.items())
+print(len(fresh))
+"""
+
+
+def record_as_runs(
+    args: argparse.Namespace, workdir: pathlib.Path, url: str, day: int
+) -> int:
+    """Record every backup of ours the simulator holds that the journal
+    does not know yet, as the runs that make them would (a region's
+    backups of ours come from our runs, and the journal has each):
+    expiry trusts an owner mark only where the journal backs it, and
+    skips a quiet project until the journal shows a new backup there."""
+    env = dict(os.environ)
+    if args.pythonpath:
+        env["PYTHONPATH"] = args.pythonpath
+    made = control(url, f"ours?deployment_id={DEPLOYMENT}")["backups"]
+    when = (
+        datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+        + datetime.timedelta(days=day)
+    ).isoformat()
+    recorded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RECORDER,
+            f"sqlite:///{workdir}/journal.sqlite",
+            POLICY,
+            when,
+        ],
+        input=json.dumps(made),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(recorded.stdout)
 
 
 def sim_args(
@@ -340,6 +407,7 @@ def bench_expiry(args: argparse.Namespace) -> None:
                 present = sum(stats["resources"]["backups"].values())
                 return present - keep * args.expiry_volumes
 
+            record_as_runs(args, pathlib.Path(tmp), sim.url, 0)
             print(
                 f"expiry over {args.expiry_volumes} volumes, "
                 f"{args.expiry_retention}, one full backup a day each, "
@@ -355,6 +423,7 @@ def bench_expiry(args: argparse.Namespace) -> None:
                     f"daily-backups?policy={POLICY}&deployment_id="
                     f"{DEPLOYMENT}&incremental=0{owner}",
                 )["created"]
+                record_as_runs(args, pathlib.Path(tmp), sim.url, day)
                 control(sim.url, "reset-stats")
                 cpu = wall = 0.0
                 for _ in range(args.passes):

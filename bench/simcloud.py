@@ -23,7 +23,10 @@ Control endpoints (not part of any OpenStack API):
 * ``POST /_sim/age?days=N``: move every timestamp N days into the past
   (simulated days for expiry);
 * ``POST /_sim/daily-backups?policy=P&owner=O``: one new backup of ours
-  per volume of policy P, as a run would have made it (expiry benches).
+  per volume of policy P, as a run would have made it (expiry benches);
+* ``GET /_sim/ours?deployment_id=D``: every backup marked as D's, as
+  [volume id, project, backup id] (so a bench can record them in the
+  journal as the runs that make them would).
 """
 
 from __future__ import annotations
@@ -584,6 +587,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                 )
                                 item[field] = (when - shift).isoformat()
                 return 200, {}, {}
+            if parts == ["ours"]:
+                marked = query["deployment_id"]
+                return (
+                    200,
+                    {
+                        "backups": [
+                            [b["volume_id"], b["_project"], b["id"]]
+                            for b in state.kinds["backups"].by_id.values()
+                            if b["metadata"].get("cinderbak:owner") == marked
+                        ]
+                    },
+                    {},
+                )
             if parts == ["daily-backups"]:
                 policy = query["policy"]
                 made = 0
