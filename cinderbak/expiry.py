@@ -845,31 +845,12 @@ def iter_plans(
         )
 
 
-def plan_policy(
-    parts: Any,
-    policy: Policy,
-    now: datetime.datetime,
-    *,
-    max_deletions: int | None = None,
-    volume_ids: Collection[str] | None = None,
-    deletions_only: bool = False,
-    owns: Callable[[str], bool] | None = None,
-    looks: QuietLooks | None = None,
+def _split(
+    items: Iterable[VolumePlan | ExpiryRow],
 ) -> tuple[list[VolumePlan], list[ExpiryRow]]:
-    """Given a policy, return the plans and the problem rows of
-    :func:`iter_plans`, as two lists."""
     plans: list[VolumePlan] = []
     problems: list[ExpiryRow] = []
-    for item in iter_plans(
-        parts,
-        policy,
-        now,
-        max_deletions=max_deletions,
-        volume_ids=volume_ids,
-        deletions_only=deletions_only,
-        owns=owns,
-        looks=looks,
-    ):
+    for item in items:
         if isinstance(item, ExpiryRow):
             problems.append(item)
         else:
@@ -1305,31 +1286,23 @@ def expire_policy(
     volumes between the daemons of a region; each sizes its budget from
     the backlog of its own share.
     """
-    if dry_run:
-        work, rows = plan_policy(
-            parts,
-            policy,
-            now,
-            max_deletions=max_deletions,
-            deletions_only=True,
-            owns=owns,
-        )
+    looks = None if dry_run else QuietLooks(parts, policy, now)
+    stream = iter_plans(
+        parts,
+        policy,
+        now,
+        max_deletions=max_deletions,
+        deletions_only=True,
+        owns=owns,
+        looks=looks,
+    )
+    if looks is None:  # a dry run
+        work, rows = _split(stream)
         for p in work:
             rows.extend(p.row(d, DRY_RUN) for d in p.plan.deletions)
         return rows
-    looks = QuietLooks(parts, policy, now)
     deleter = _Deleter(parts, policy, now, stop or threading.Event())
-    deleter.execute(
-        iter_plans(
-            parts,
-            policy,
-            now,
-            max_deletions=max_deletions,
-            deletions_only=True,
-            owns=owns,
-            looks=looks,
-        )
-    )
+    deleter.execute(stream)
     results = deleter.results
     gone = {i for i, r in results.items() if r in GONE}
     looks.record(gone)
