@@ -43,27 +43,33 @@ def parse_time(value: str | None) -> datetime.datetime | None:
 
 
 def info_from_dict(item: Mapping[str, Any], deployment_id: str) -> BackupInfo:
-    """Convert a backup as listed (decoded JSON) to the planner's view."""
+    """Convert a backup as listed (decoded JSON) to the planner's view.
+
+    Called once per listed backup (100,000 in a plan of 10,000 volumes):
+    the tuple is built positionally (keywords cost a third more) and the
+    hold is parsed only when the key is there (on almost no backup).
+    """
     metadata = item.get("metadata") or {}
-    try:
-        held = tenant.is_held(item["id"], metadata)
-    except tenant.MetadataError as exc:
-        LOG.warning("%s; keeping the backup as held", exc)
-        held = True
+    held = False
+    if tenant.HOLD in metadata:
+        try:
+            held = tenant.is_held(item["id"], metadata)
+        except tenant.MetadataError as exc:
+            LOG.warning("%s; keeping the backup as held", exc)
+            held = True
     stamp = item.get("created_at")
     created = parse_time(stamp)
     data = item.get("data_timestamp")
     return BackupInfo(
-        id=item["id"],
-        created_at=created,
+        item["id"],
+        created,
         # Usually the same text: parsed once (100,000 backups a plan).
-        data_timestamp=(created if data == stamp else parse_time(data))
-        or created,
-        is_incremental=bool(item.get("is_incremental")),
-        status=item.get("status") or "",
-        ours=tenant.is_ours(metadata, deployment_id),
-        held=held,
-        has_dependent_backups=bool(item.get("has_dependent_backups")),
+        (created if data == stamp else parse_time(data)) or created,
+        bool(item.get("is_incremental")),
+        item.get("status") or "",
+        metadata.get(tenant.OWNER) == deployment_id,  # tenant.is_ours
+        held,
+        bool(item.get("has_dependent_backups")),
     )
 
 

@@ -91,6 +91,33 @@ def _as_utc(
     return value.astimezone(UTC), False
 
 
+def _newest_first(
+    rows: list[
+        tuple[datetime.datetime, datetime.datetime, str, bool, BackupInfo]
+    ],
+) -> list[int]:
+    """Indexes of ``rows`` (sorted by created_at, data_timestamp, id) by
+    data_timestamp, created_at and id, newest first.
+
+    Almost always each backup's data is no older than the one created
+    before it (data_timestamp is created_at but for backups of a
+    snapshot): then the order is the creation order reversed, found with
+    one comparison per backup instead of a sort by a built key (a sixth
+    of planning a volume of ten backups)."""
+    n = len(rows)
+    previous = None
+    for row in rows:
+        key = (row[1], row[0], row[2])
+        if previous is not None and key < previous:
+            return sorted(
+                range(n),
+                key=lambda i: (rows[i][1], rows[i][0], rows[i][2]),
+                reverse=True,
+            )
+        previous = key
+    return list(range(n - 1, -1, -1))
+
+
 class _Ranks:
     """A set of ranks 0..size-1 with O(log n) "highest member below r".
 
@@ -186,12 +213,7 @@ class Chains:
         self.index: dict[str, int] = {r[2]: i for i, r in enumerate(rows)}
         # "Newest" is by data_timestamp (the point in time a restore gives
         # back), then created_at and id so that the order is total.
-        by_data = self.data
-        self.newest_first: list[int] = sorted(
-            range(n),
-            key=lambda i: (by_data[i], rows[i][0], rows[i][2]),
-            reverse=True,
-        )
+        self.newest_first: list[int] = _newest_first(rows)
         self.parent: list[int] = [-1] * n
         self.recorded_missing: dict[int, str] = {}
         self._resolve_parents()

@@ -311,6 +311,27 @@ def test_fast_chain_inference_matches_the_model(case):
 
 
 @PROFILE
+@given(HISTORIES)
+def test_newest_first_is_the_order_by_data_time(case):
+    """The fast path (creation order reversed) and the sort agree with
+    the definition: data_timestamp, then created_at, then id, newest
+    first, whatever the times (backups of snapshots, naive, missing)."""
+    EXAMPLES["newest_first"] += 1
+    backups, _ = case
+    found = chains.Chains(backups)
+    expected = sorted(
+        found.backups,
+        key=lambda b: (
+            found.data[found.index[b.id]],
+            found.created[found.index[b.id]],
+            b.id,
+        ),
+        reverse=True,
+    )
+    assert [found.backups[i] for i in found.newest_first] == expected
+
+
+@PROFILE
 @given(HISTORIES, retentions(), st.booleans(), st.none() | st.integers(0, 6))
 def test_every_plan_is_safe(case, retention, volume_exists, max_deletions):
     EXAMPLES["safety"] += 1
