@@ -67,7 +67,7 @@ def info_from_dict(item: Mapping[str, Any], deployment_id: str) -> BackupInfo:
         (created if data == stamp else parse_time(data)) or created,
         bool(item.get("is_incremental")),
         item.get("status") or "",
-        metadata.get(tenant.OWNER) == deployment_id,  # tenant.is_ours
+        tenant.is_ours(metadata, deployment_id),
         held,
         bool(item.get("has_dependent_backups")),
     )

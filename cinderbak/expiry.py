@@ -449,19 +449,23 @@ class QuietLooks:
             self.journal.retention,
         )
         self.known = (
-            self.journal.quiet_looks(policy.name) if self.max_age else {}
+            self.journal.quiet_looks(policy.name) if self.enabled else {}
         )
         self.current: dict[str, str] = {}  # fingerprint as of this pass
         self.pending: dict[str, frozenset[str]] = {}  # quiet once gone
         self.loud: set[str] = set()
         self.skipped = 0
 
+    @property
+    def enabled(self) -> bool:
+        """False with ``quiet_project_max_age = 0``: then a pass neither
+        skips nor works out quietness (:func:`expire_policy`)."""
+        return bool(self.max_age)
+
     def skip(self, project_id: str, volume_ids: Collection[str]) -> bool:
         """Whether the pass may leave ``project_id`` unlisted. Reads the
         journal's creations mark before the listing it may spare, so a
         backup made after that read changes the next pass's fingerprint."""
-        if not self.max_age:
-            return False
         current = quiet.fingerprint(
             retention=self.policy.retention,
             deployment_id=self.deployment_id,
@@ -478,8 +482,6 @@ class QuietLooks:
     def seen(self, project_id: str, needed: frozenset[str] | None) -> None:
         """What a listing of ``project_id`` showed: quiet once the
         ``needed`` deletions are gone, or never (None)."""
-        if project_id not in self.current:
-            return
         if needed is None:
             self.loud.add(project_id)
         else:
@@ -489,7 +491,7 @@ class QuietLooks:
         """Remember the projects that are quiet now that ``gone`` (the
         backups this pass deleted) are; forget earlier looks at the
         others. Called once per pass, after its deletions."""
-        if not self.max_age:
+        if not self.enabled:
             return
         name = self.policy.name
         found = {
@@ -660,6 +662,7 @@ class _Reader:
     ) -> Iterator[VolumePlan]:
         project_id, began, by_volume, targets = read
         name = self.policy.name
+        service = self.policy.ownership is Ownership.SERVICE
         problems_before = len(self.problems)
         # What this pass leaves of each volume (its history, the ids it
         # deletes), None once one cannot stay quiet (:mod:`cinderbak.quiet`).
@@ -690,7 +693,6 @@ class _Reader:
             if not any(info.ours for info in infos[volume_id]):
                 continue
             if after is not None:
-                service = self.policy.ownership is Ownership.SERVICE
                 if targets.get(volume_id) == project_id or (
                     service and volume_id in targets
                 ):
@@ -1294,7 +1296,7 @@ def expire_policy(
         max_deletions=max_deletions,
         deletions_only=True,
         owns=owns,
-        looks=looks,
+        looks=looks if looks is not None and looks.enabled else None,
     )
     if looks is None:  # a dry run
         work, rows = _split(stream)
