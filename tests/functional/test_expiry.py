@@ -15,6 +15,7 @@ from openstack import exceptions as sdk_exceptions
 from cinderbak.journal import Journal
 from tests import localstack
 from tests.functional.conftest import CINDERBAK
+from tests.functional.test_daemon import wait_until
 from tests.functional.test_run_once import MIB, _pattern, _restore, _row
 
 KEEP3 = """
@@ -286,4 +287,54 @@ def test_service_ownership_expires_in_the_service_project(
     (step,) = journal.get_run(run.id).steps
     assert (step.kind, step.state) == ("backup_delete", "done")
     assert (step.target, step.resource_id) == (volume.id, older)
+    journal.close()
+
+
+def test_a_pass_killed_mid_deletion_is_finished_by_the_next(
+    stack, alice, admin, make_volume, cinderbak_config
+):
+    """kill -9 while a pass deletes: the next pass finishes the work, and
+    the backup retention keeps is never touched."""
+    cinderbak = cinderbak_config("""
+        [policy:kill1]
+        schedule = every 1h
+        retention = last=1
+        full_every = 0
+        """)
+    volume = make_volume(alice, metadata={"cinderbak:policy": "kill1"})
+    made = _runs(cinderbak, stack, "kill1", [volume], 3)[volume.id]
+    *older, newest = (row["backup_id"] for row in made)
+    journal = Journal.from_url(
+        f"sqlite:///{cinderbak.path.parent}/journal.sqlite"
+    )
+
+    def deleting():
+        return [
+            step
+            for run in journal.unfinished_runs(any_host=True)
+            for step in run.steps or ()
+            if step.kind == "backup_delete"
+        ]
+
+    process = subprocess.Popen(
+        [CINDERBAK, "--config-file", cinderbak.path, "expire"],
+        env=cinderbak.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(deleting, 120, "the pass's first deletion", interval=0.05)
+    finally:
+        process.kill()
+        process.wait(30)
+
+    def only_the_newest_left():
+        cinderbak.run("expire", "--policy", "kill1")
+        return set(_backups(admin, volume.id)) == {newest} or None
+
+    wait_until(only_the_newest_left, 300, "the next passes", interval=5)
+    assert admin.block_storage.get_backup(newest).status == "available"
+    # The killed pass's deletion was recorded before it was asked for.
+    assert {s.resource_id for s in deleting()} - {None} <= set(older)
+    assert deleting(), "the killed pass left no record of its deletion"
     journal.close()
