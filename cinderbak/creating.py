@@ -22,9 +22,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import openstack.connection
-from openstack import exceptions as sdk_exceptions
 
-from cinderbak import listing, tenant
+from cinderbak import answers, listing, tenant
 from cinderbak.backups import Quota
 from cinderbak.cloud import Cloud
 
@@ -66,8 +65,7 @@ def create(
         microversion=microversion_for(kind, attrs),
         raise_exc=False,
     )
-    sdk_exceptions.raise_from_response(response)
-    item: dict[str, Any] = response.json()[kind]
+    item: dict[str, Any] = answers.decoded(response)[kind]
     return item
 
 
@@ -107,6 +105,4 @@ def _get_quota(cloud: Cloud, project_id: str) -> dict[str, Any]:
         microversion=BASE_MICROVERSION,
         raise_exc=False,
     )
-    sdk_exceptions.raise_from_response(response)
-    body: dict[str, Any] = response.json()
-    return body
+    return answers.decoded(response)

@@ -27,6 +27,7 @@ from typing import Any
 import openstack.connection
 from openstack import exceptions as sdk_exceptions
 
+from cinderbak import answers
 from cinderbak.cloud import Cloud
 
 PAGE_SIZE = 1000
@@ -70,9 +71,7 @@ def _get(
     response = cloud.reader(conn).get(
         path, params=dict(query), microversion=MICROVERSION, raise_exc=False
     )
-    sdk_exceptions.raise_from_response(response)
-    body: dict[str, Any] = response.json()
-    return body
+    return answers.decoded(response)
 
 
 def run_resources(
