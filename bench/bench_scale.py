@@ -252,6 +252,7 @@ def sim_args(
     values.ownership = args.ownership
     values.backup_seconds = args.backup_seconds
     values.services = args.services
+    values.max_limit = args.max_limit
     for key, value in extra.items():
         setattr(values, key, value)
     return values
@@ -463,6 +464,12 @@ def main() -> None:
     )
     parser.add_argument("--backup-seconds", type=float, default=1.0)
     parser.add_argument("--services", type=int, default=20)
+    parser.add_argument(
+        "--max-limit",
+        type=int,
+        default=1000,
+        help="the simulated Cinder's osapi_max_limit (longest page)",
+    )
     parser.add_argument("--days", type=int, default=5)
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--expiry-volumes", type=int, default=2000)

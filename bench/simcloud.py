@@ -131,7 +131,12 @@ class Kind:
 class State:
     """Every resource, under one lock, and the pending transitions."""
 
-    def __init__(self, delays: dict[str, float], services: int) -> None:
+    def __init__(
+        self, delays: dict[str, float], services: int, max_limit: int = 1000
+    ) -> None:
+        self.max_limit = max_limit
+        """Cinder's ``osapi_max_limit``: no page is longer, whatever
+        ``limit`` asks."""
         self.lock = threading.Lock()
         self.seq = itertools.count(1)
         self.kinds = {k: Kind(k) for k in ("volumes", "backups", "snapshots")}
@@ -725,7 +730,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def listing(
         self, kind: Kind, query: dict[str, str], *, detail: bool
     ) -> dict[str, Any]:
-        limit = int(query.get("limit") or 1000)
+        limit = self._limit(query)
         everyone = query.get("all_tenants") in ("1", "True", "true")
         project = self._project()
         filters: list[Callable[[dict[str, Any]], bool]] = []
@@ -758,7 +763,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             )
         order = sort_keys(query)
         if order is not None:
-            page = self.sorted_page(kind, index, key, filters, order, query)
+            page = self.sorted_page(
+                kind, index, key, filters, order, query, limit
+            )
         else:
             seq = 0
             if query.get("marker"):
@@ -805,6 +812,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         filters: list[Callable[[dict[str, Any]], bool]],
         order: tuple[list[str], bool],
         query: dict[str, str],
+        limit: int,
     ) -> list[dict[str, Any]]:
         """One page in an explicit sort order (``sort=updated_at:desc``),
         the marker being the last item of the page before, as Cinder
@@ -824,7 +832,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if query["marker"] not in ids:
                 raise Refused(400, f"marker {query['marker']} not found")
             start = ids.index(query["marker"]) + 1
-        return matching[start : start + int(query.get("limit") or 1000)]
+        return matching[start : start + limit]
+
+    def _limit(self, query: dict[str, str]) -> int:
+        """The page length Cinder serves: ``limit`` capped at
+        ``osapi_max_limit``, which is also the default."""
+        cap = self.state.max_limit
+        return min(int(query.get("limit") or cap), cap)
 
     def create(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
         state = self.state
@@ -976,6 +990,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-seconds", type=float, default=0.2)
     p.add_argument("--delete-seconds", type=float, default=0.2)
     p.add_argument("--services", type=int, default=20)
+    p.add_argument(
+        "--max-limit",
+        type=int,
+        default=1000,
+        help="Cinder's osapi_max_limit: the longest page served",
+    )
     p.add_argument("--seed", type=int, default=1)
     return p
 
@@ -990,6 +1010,7 @@ def start(args: argparse.Namespace) -> Sim:
             "delete": args.delete_seconds,
         },
         args.services,
+        args.max_limit,
     )
     state.seed(args)
     url = f"http://127.0.0.1:{args.port}"

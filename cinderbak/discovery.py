@@ -20,8 +20,6 @@ from cinderbak import listing, tenant
 from cinderbak.cloud import Cloud
 from cinderbak.policy import Policy
 
-PAGE_SIZE = 500
-
 
 @dataclasses.dataclass(frozen=True)
 class Attachment:
@@ -239,7 +237,7 @@ def volumes_of_policy(
     # as a JSON string, not a dict.
     query = json.dumps({tenant.POLICY: policy.name})
     ours = cloud.service.current_project_id or ""
-    for volume in listing.volumes(cloud, {"metadata": query}, limit=PAGE_SIZE):
+    for volume in listing.volumes(cloud, {"metadata": query}):
         if not is_scratch(volume, ours):
             yield volume
 
@@ -268,7 +266,7 @@ def audit(cloud: Cloud, policies: Mapping[str, Policy]) -> list[Problem]:
     ours = cloud.service.current_project_id or ""
     volumes = (
         volume
-        for volume in listing.volumes(cloud, limit=PAGE_SIZE)
+        for volume in listing.volumes(cloud)
         if tenant.mentions_us(volume.get("metadata") or {})
         and not is_scratch(volume, ours)
     )

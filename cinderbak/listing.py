@@ -11,12 +11,12 @@ a limit it knows, the SDK also asks for one more, empty page after the
 last. So here each page is one GET through the same keystoneauth session
 (same token, retries and microversion as every other call), items stay
 dicts, they are yielded page by page (a caller that streams holds one
-page), and paging stops at the first page shorter than the limit or
-without a ``next`` link. One backup read by id (:func:`backup`) comes
-back in the same shape as a listed one, so both are checked by the same
-code. Creates are plain JSON as well (:mod:`cinderbak.creating`);
-deletes keep going through the SDK: there the object costs nothing that
-matters.
+page), and paging follows Cinder's ``next`` links (:func:`next_marker`).
+Answers are decoded by :func:`cinderbak.answers.decoded`. One backup
+read by id (:func:`backup`) comes back in the same shape as a listed
+one, so both are checked by the same code. Creates are plain JSON as
+well (:mod:`cinderbak.creating`); deletes keep going through the SDK:
+there the object costs nothing that matters.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def pages(
     """Yield every item of a Block Storage listing, page by page.
 
     ``path`` is e.g. ``/backups/detail``, ``key`` the list's name in the
-    answer (``backups``). Each page is retried like any read.
+    answer (``backups``). Each page is retried like any read;
+    :func:`next_marker` says whether another follows.
     """
     marker: str | None = None
     while True:
@@ -55,11 +56,29 @@ def pages(
         if marker is not None:
             query["marker"] = marker
         body = cloud.call(_get, cloud, conn, path, query)
-        items = body.get(key) or []
-        yield from items
-        if len(items) < limit or not body.get(f"{key}_links"):
+        yield from body.get(key) or []
+        marker = next_marker(body, key)
+        if marker is None:
             return
-        marker = items[-1]["id"]
+
+
+def next_marker(body: Mapping[str, Any], key: str) -> str | None:
+    """The marker that asks for the page after ``body``, or None if it is
+    the last.
+
+    Cinder caps every page at its ``osapi_max_limit`` whatever ``limit``
+    is asked for, and links a next page exactly when a page is as long
+    as that cap. So the link decides, never the page's length against
+    the limit asked: a region whose cap is below ours (say 500 against
+    our 1,000) answers full pages that are shorter than asked, and
+    stopping there would miss every volume or backup after the first
+    page. A page without items ends the listing whatever it links (a
+    marker would not move).
+    """
+    items = body.get(key) or []
+    if not items or not body.get(f"{key}_links"):
+        return None
+    return str(items[-1]["id"])
 
 
 def _get(

@@ -1,0 +1,151 @@
+"""Listings in a region whose Cinder serves short pages.
+
+Cinder caps every page at its ``osapi_max_limit`` whatever ``limit`` a
+client asks for, and links the next page when a page is full. Here a
+second, real ``cinder-api`` of the stack (same database, message bus and
+services) runs with ``osapi_max_limit = 1``, and cinderbak's Block
+Storage calls go to it: discovery, a project's backup history and a run's
+polls all span several pages, each shorter than the limit cinderbak asks.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from tests.functional.conftest import Cinderbak, config_text
+
+VOLUMES = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5):  # noqa: S310 - local
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answers, if only to say no
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def capped_cinder(stack, tmp_path) -> Iterator[str]:
+    """The URL of a real cinder-api that serves one item per page."""
+    cinder = stack.raw["cinder"]
+    port = _free_port()
+    logs = tmp_path / "capped-cinder"
+    logs.mkdir()
+    override = tmp_path / "capped-cinder.conf"
+    override.write_text(
+        "[DEFAULT]\n"
+        f"osapi_volume_listen_port = {port}\n"
+        "osapi_max_limit = 1\n"
+        f"log_dir = {logs}\n"
+    )
+    venv = pathlib.Path(cinder["venv"])
+    out = (logs / "cinder-api.out").open("w")
+    process = subprocess.Popen(
+        [
+            str(venv / "bin" / "cinder-api"),
+            "--config-file",
+            cinder["conf"],
+            "--config-file",
+            str(override),
+        ],
+        env=dict(
+            os.environ,
+            PATH=f"{venv / 'bin'}:{os.environ['PATH']}",
+            PYTHONWARNINGS="ignore",
+        ),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while not _answers(url + "/"):
+            assert process.poll() is None, (
+                logs / "cinder-api.out"
+            ).read_text()
+            assert time.monotonic() < deadline, "capped cinder-api silent"
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        out.close()
+
+
+@pytest.fixture
+def capped_cinderbak(stack, tmp_path, capped_cinder):
+    """A cinderbak config for one fresh policy, its Block Storage calls
+    going to the capped cinder-api."""
+    clouds = yaml.safe_load(pathlib.Path(stack.clouds_yaml).read_text())
+    cloud = dict(clouds["clouds"]["localstack-cinderbak"])
+    cloud["block_storage_endpoint_override"] = capped_cinder + "/v3"
+    clouds["clouds"]["capped"] = cloud
+    path = tmp_path / "clouds.yaml"
+    path.write_text(yaml.safe_dump(clouds))
+    path.chmod(0o600)
+    policy = f"paged{uuid.uuid4().hex[:8]}"
+    conf = tmp_path / "cinderbak.conf"
+    conf.write_text(
+        config_text(
+            tmp_path,
+            f"ft-{uuid.uuid4().hex}",
+            "write_back_status = true\n",
+            "cloud = capped\napi_retries = 2\n",
+        )
+        + f"[policy:{policy}]\nschedule = every 1h\nretention = last=7\n"
+        "full_every = 6\n"
+    )
+    runner = Cinderbak(conf, dict(os.environ, OS_CLIENT_CONFIG_FILE=str(path)))
+    return runner, policy
+
+
+def test_every_page_is_read_when_cinder_serves_fewer_than_asked(
+    alice, make_volume, capped_cinderbak
+):
+    cinderbak, policy = capped_cinderbak
+    volumes = [
+        make_volume(alice, metadata={"cinderbak:policy": policy})
+        for _ in range(VOLUMES)
+    ]
+    ids = {v.id for v in volumes}
+    # Discovery (volumes), the project's history and the run's polls
+    # (backups) each take several one-item pages.
+    rows = cinderbak.run("run-once", "--no-audit", check=True)
+    done = {r["volume_id"]: r for r in rows if r["volume_id"] in ids}
+    assert done.keys() == ids, rows
+    assert {r["status"] for r in done.values()} == {"ok"}, rows
+    backups = {r["backup_id"] for r in done.values()}
+    assert len(backups) == VOLUMES
+
+    # The plan reads the project's backups page by page: every backup
+    # of every volume is there, none twice.
+    plan = cinderbak.run("plan", "--policy", policy, check=True)
+    planned = [r["backup_id"] for r in plan]
+    assert sorted(planned) == sorted(backups), plan
+    assert {r["volume_id"] for r in plan} == ids
