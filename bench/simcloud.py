@@ -771,7 +771,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if query.get("marker"):
                 marker = kind.by_id.get(query["marker"])
                 if marker is None:
-                    raise Refused(400, f"marker {query['marker']} not found")
+                    raise Refused(404, f"marker {query['marker']} not found")
                 seq = marker["_seq"]
             page = list(
                 itertools.islice(
@@ -830,7 +830,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if query.get("marker"):
             ids = [i["id"] for i in matching]
             if query["marker"] not in ids:
-                raise Refused(400, f"marker {query['marker']} not found")
+                raise Refused(404, f"marker {query['marker']} not found")
             start = ids.index(query["marker"]) + 1
         return matching[start : start + limit]
 

@@ -26,9 +26,12 @@ from typing import Any
 
 import openstack.connection
 from openstack import exceptions as sdk_exceptions
+from oslo_log import log as logging
 
 from cinderbak import answers
 from cinderbak.cloud import Cloud
+
+LOG = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
 MICROVERSION = "3.43"
@@ -48,18 +51,62 @@ def pages(
 
     ``path`` is e.g. ``/backups/detail``, ``key`` the list's name in the
     answer (``backups``). Each page is retried like any read;
-    :func:`next_marker` says whether another follows.
+    :func:`next_marker` says whether another follows. When the item a
+    page starts after was deleted meanwhile (:func:`marker_gone`), the
+    listing starts again and yields only items not yielded before.
     """
     marker: str | None = None
+    seen: set[str] = set()
+    restarts = 0
     while True:
         query = {**(params or {}), "limit": limit}
         if marker is not None:
             query["marker"] = marker
-        body = cloud.call(_get, cloud, conn, path, query)
-        yield from body.get(key) or []
+        try:
+            body = cloud.call(_get, cloud, conn, path, query)
+        except sdk_exceptions.HttpException as exc:
+            if not marker_gone(marker, exc.status_code, restarts):
+                raise
+            LOG.info(
+                "listing %s: the page marker %s is gone (deleted while we "
+                "paged); listing again from the start, skipping the %d "
+                "items already read",
+                path,
+                marker,
+                len(seen),
+            )
+            restarts += 1
+            marker = None
+            continue
+        for item in body.get(key) or []:
+            if item["id"] not in seen:
+                seen.add(item["id"])
+                yield item
         marker = next_marker(body, key)
         if marker is None:
             return
+
+
+MARKER_RESTARTS = 3
+"""How often one listing starts again after its marker was deleted."""
+
+
+def marker_gone(marker: str | None, status: int | None, restarts: int) -> bool:
+    """Whether a failed page asked after an item that no longer exists,
+    so that the listing should start again (at most MARKER_RESTARTS
+    times).
+
+    Cinder looks the marker up before it pages: a backup or volume
+    deleted between two pages fails the next with 404 (400 on some
+    versions), and expiry deletes exactly the oldest backups, which end
+    each page. The first page has no marker: a 404 there is the
+    listing's own.
+    """
+    return (
+        marker is not None
+        and status in (400, 404)
+        and restarts < MARKER_RESTARTS
+    )
 
 
 def next_marker(body: Mapping[str, Any], key: str) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cinderbak.listing import next_marker
+from cinderbak.listing import MARKER_RESTARTS, marker_gone, next_marker
 
 
 def cinder_page(
@@ -69,3 +69,19 @@ def test_paging_reads_every_item_once(
             break
     assert seen == items
     assert marker is None
+
+
+def test_a_page_after_a_deleted_marker_starts_the_listing_again() -> None:
+    assert marker_gone("b499", 404, restarts=0)
+    assert marker_gone("b499", 400, restarts=MARKER_RESTARTS - 1)
+
+
+def test_the_first_page_failing_is_the_listings_own_error() -> None:
+    assert not marker_gone(None, 404, restarts=0)
+
+
+def test_other_failures_and_endless_restarts_are_not_marker_gone() -> None:
+    assert not marker_gone("b499", 500, restarts=0)
+    assert not marker_gone("b499", 403, restarts=0)
+    assert not marker_gone("b499", None, restarts=0)
+    assert not marker_gone("b499", 404, restarts=MARKER_RESTARTS)
