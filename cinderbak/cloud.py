@@ -26,7 +26,7 @@ from openstack import exceptions as sdk_exceptions
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import metrics
+from cinderbak import answers, metrics
 
 LOG = logging.getLogger(__name__)
 
@@ -213,10 +213,16 @@ def is_refusal(exc: BaseException) -> bool:
 
 def is_uncertain(exc: BaseException) -> bool:
     """Whether a failed request may nevertheless have been carried out:
-    a dropped connection, a time-out, or a 500/502/504."""
+    a dropped connection, a time-out, a 500/502/504, or an answer that
+    was not the API's JSON (something between us and Cinder answered, or
+    cut the answer: what Cinder did is unknown)."""
     if is_refusal(exc):
         return False
-    return _is_connection_error(exc) or status_of(exc) in _MAYBE_DONE
+    return (
+        _is_connection_error(exc)
+        or status_of(exc) in _MAYBE_DONE
+        or any(isinstance(item, answers.NotJSON) for item in _chain(exc))
+    )
 
 
 def is_retryable(exc: BaseException, idempotent: bool) -> bool:

@@ -34,8 +34,9 @@ HOP_BY_HOP = {
 class Rule:
     """``times`` requests matching ``method`` and ``path`` (a regex) get
     ``action``: ``drop_after`` (forwarded, the answer never sent),
-    ``refuse`` (connection closed before forwarding) or ``delay`` (held
-    ``seconds`` before forwarding: a slow API)."""
+    ``garble`` (forwarded, an HTML page with status 200 sent instead of
+    the answer), ``refuse`` (connection closed before forwarding) or
+    ``delay`` (held ``seconds`` before forwarding: a slow API)."""
 
     method: str
     path: str
@@ -145,6 +146,17 @@ class FaultProxy:
         if rule is not None and rule.action == "drop_after":
             self.log.append((method, path, f"dropped {response.status}"))
             _close(request)
+            return
+        if rule is not None and rule.action == "garble":
+            # What a load balancer or proxy in between may serve: its own
+            # page, with status 200, instead of the API's answer.
+            self.log.append((method, path, f"garbled {response.status}"))
+            page = b"<html><body>502 Bad Gateway</body></html>"
+            request.send_response(200)
+            request.send_header("Content-Type", "text/html")
+            request.send_header("Content-Length", str(len(page)))
+            request.end_headers()
+            request.wfile.write(page)
             return
         self.log.append((method, path, str(response.status)))
         request.send_response(response.status)

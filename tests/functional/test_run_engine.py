@@ -251,6 +251,29 @@ def test_a_create_whose_answer_is_lost_is_adopted_not_repeated(
     )
 
 
+def test_answers_that_are_not_json_are_failed_calls_not_a_crash(
+    proxied, alice, admin, make_volume
+):
+    """A page of something in between, served with status 200, instead
+    of Cinder's answer: to a read (repeated) and to the create (looked
+    for, then adopted: Cinder carried it out)."""
+    proxy, make = proxied
+    name = f"garbled{uuid.uuid4().hex[:6]}"
+    cinderbak = make(_policy(name))
+    volume = make_volume(alice, metadata={tenant.POLICY: name})
+    read = proxy.add("GET", r"^/v3/backups/detail\?", "garble")
+    create = proxy.add("POST", r"^/v3/backups$", "garble")
+    (row,) = cinderbak.run("run-once", "--no-audit")
+    assert (read.hits, create.hits) == (1, 1), proxy.log
+    assert row["status"] == "ok", (row, cinderbak.last_stderr[-3000:])
+    backups = _ours(admin, volume.id, cinderbak.deployment_id)
+    assert [b.id for b in backups] == [row["backup_id"]]
+    posts = [e for e in proxy.log if e[:2] == ("POST", "/v3/backups")]
+    assert len(posts) == 1, proxy.log
+    assert "the answer is not JSON" in cinderbak.last_stderr
+    assert "adopting it" in cinderbak.last_stderr
+
+
 # -- a backup deleted while a restart waits for it -------------------------
 
 

@@ -4,7 +4,7 @@ import pytest
 from keystoneauth1 import exceptions as ks_exceptions
 from openstack import exceptions as sdk_exceptions
 
-from cinderbak import backups, cloud
+from cinderbak import answers, backups, cloud
 
 
 def _http(status):
@@ -151,3 +151,12 @@ def test_unlimited_quota():
         usage={"backups": 900, "backup_gigabytes": 9000},
     )
     assert backups.quota_shortfall(quota, 1000) is None
+
+
+def test_an_answer_that_is_not_json_may_hide_a_create_carried_out():
+    # Something between us and Cinder answered (or cut the answer): a read
+    # is repeated, a create is looked for before it is repeated.
+    garbled = answers.NotJSON("POST /v3/backups (200): the answer is not JSON")
+    assert cloud.is_uncertain(garbled)
+    assert cloud.is_retryable(garbled, idempotent=True)
+    assert not cloud.is_retryable(garbled, idempotent=False)
