@@ -511,6 +511,21 @@ class QuietLooks:
             )
 
 
+PLANNED_FIELDS = (
+    "id",
+    "volume_id",
+    "status",
+    "metadata",
+    "created_at",
+    "data_timestamp",
+    "is_incremental",
+    "has_dependent_backups",
+)
+"""What planning, the orphan checks and the deleter's last look read of
+a listed backup. Cinder lists about 20 fields: dropping the rest as each
+page is read halves what a held backup costs (1.0 against 2.4 KB)."""
+
+
 class _Reader:
     """Gathers the plans of one policy, one owning project at a time."""
 
@@ -592,7 +607,14 @@ class _Reader:
         :func:`cinderbak.listing.project_backups`)."""
         began = time.monotonic()
         by_volume: dict[str, list[Any]] = {}
+        # The service project holds every volume's history, read whole:
+        # keep only what planning reads of each backup. A tenant's
+        # project is held one at a time, so there the copy would only
+        # cost CPU.
+        slim = self.policy.ownership is Ownership.SERVICE
         for item in listing.project_backups(self.cloud, project_id):
+            if slim:
+                item = {k: item[k] for k in PLANNED_FIELDS if k in item}
             by_volume.setdefault(item.get("volume_id") or "", []).append(item)
         return began, by_volume
 
