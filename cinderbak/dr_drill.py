@@ -27,7 +27,13 @@ from openstack import exceptions as sdk_exceptions
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cinderbak import dr_catalog, dr_import, verification, waiting
+from cinderbak import (
+    answers,
+    dr_catalog,
+    dr_import,
+    verification,
+    waiting,
+)
 from cinderbak.checksums import SourceChecksummer
 from cinderbak.dr_catalog import Entry, Outcome
 from cinderbak.dr_store import CatalogStore
@@ -323,8 +329,8 @@ class Drill:
                 f"/backups/{entry.backup_id}/restore",
                 json={"restore": {"name": VOLUME_PREFIX + entry.backup_id}},
             )
-            sdk_exceptions.raise_from_response(response)
-            row.volume_id = response.json()["restore"]["volume_id"]
+            restore = answers.decoded(response)["restore"]
+            row.volume_id = restore["volume_id"]
 
             def restored() -> bool | None:
                 volume = storage.get_volume(row.volume_id)

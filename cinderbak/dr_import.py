@@ -34,8 +34,8 @@ import openstack.connection
 from openstack import exceptions as sdk_exceptions
 from oslo_log import log as logging
 
+from cinderbak import answers, dr_catalog
 from cinderbak import cloud as cloud_mod
-from cinderbak import dr_catalog
 from cinderbak.dr_catalog import Entry, ImportRow, Outcome
 
 LOG = logging.getLogger(__name__)
@@ -93,8 +93,7 @@ def find_backup(
     )
     if response.status_code == 404:
         return None
-    sdk_exceptions.raise_from_response(response)
-    found: dict[str, Any] = response.json()["backup"]
+    found: dict[str, Any] = answers.decoded(response)["backup"]
     return found
 
 

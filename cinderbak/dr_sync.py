@@ -19,7 +19,7 @@ from typing import Any
 from openstack import exceptions as sdk_exceptions
 from oslo_log import log as logging
 
-from cinderbak import dr_catalog, listing, tenant
+from cinderbak import answers, dr_catalog, listing, tenant
 from cinderbak.backup_cluster import BackupCluster
 from cinderbak.cloud import Cloud
 from cinderbak.dr_catalog import CatalogError, Entry
@@ -58,10 +58,9 @@ def get_backup(cloud: Cloud, backup_id: str) -> dict[str, Any] | None:
             f"/backups/{backup_id}",
             microversion=MICROVERSION,
         )
-        sdk_exceptions.raise_from_response(response)
+        backup: dict[str, Any] = answers.decoded(response)["backup"]
     except sdk_exceptions.NotFoundException:
         return None
-    backup: dict[str, Any] = response.json()["backup"]
     return backup
 
 

@@ -97,10 +97,10 @@ def marker_gone(marker: str | None, status: int | None, restarts: int) -> bool:
     times).
 
     Cinder looks the marker up before it pages: a backup or volume
-    deleted between two pages fails the next with 404 (400 on some
-    versions), and expiry deletes exactly the oldest backups, which end
-    each page. The first page has no marker: a 404 there is the
-    listing's own.
+    deleted between two pages fails the next with 404 (an API that calls
+    an unknown marker a bad request answers 400), and expiry deletes
+    exactly the oldest backups, which end each page. The first page has
+    no marker: a 404 there is the listing's own.
     """
     return (
         marker is not None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -27,15 +26,9 @@ from oslo_config import cfg
 
 from cinderbak import listing, opts
 from cinderbak.cloud import Cloud
-from tests.functional.conftest import Cinderbak, config_text
+from tests.functional.conftest import Cinderbak, config_text, free_port
 
 VOLUMES = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _answers(url: str) -> bool:
@@ -52,7 +45,7 @@ def _answers(url: str) -> bool:
 def capped_cinder(stack, tmp_path) -> Iterator[str]:
     """The URL of a real cinder-api that serves one item per page."""
     cinder = stack.raw["cinder"]
-    port = _free_port()
+    port = free_port()
     logs = tmp_path / "capped-cinder"
     logs.mkdir()
     override = tmp_path / "capped-cinder.conf"

@@ -16,7 +16,6 @@ import email
 import email.policy
 import ipaddress
 import json
-import socket
 import ssl
 import subprocess
 import urllib.request
@@ -35,18 +34,12 @@ from oslo_config import cfg
 
 from cinderbak import mailer, opts, report
 from cinderbak.journal import Journal
-from tests.functional.conftest import CINDERBAK, ROOT
+from tests.functional.conftest import CINDERBAK, ROOT, free_port
 from tests.functional.test_daemon import Daemons, wait_until
 from tests.unit import test_report as unit_report
 
 OPT_IN = "cinderbak:policy"
 RULES = "etc/cinderbak/cinderbak-alerts.rules.yml"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Inbox:
@@ -71,7 +64,7 @@ class Inbox:
 @pytest.fixture
 def smtp():
     inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     yield controller.port, inbox
     controller.stop()
@@ -185,7 +178,7 @@ def test_a_failing_volume_is_reported_mailed_and_notified(
 
 
 def _prometheus(tmp_path, metrics_port: int) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
+    port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ROOT / RULES)],
@@ -223,7 +216,7 @@ def test_prometheus_scrapes_the_daemon_and_the_rpo_alert_fires(
     stack, carol, make_volume, cinderbak_config, tmp_path, clouds_env
 ):
     policy = f"rpo-{uuid.uuid4().hex[:6]}"
-    metrics_port = _free_port()
+    metrics_port = free_port()
     config = cinderbak_config(
         _section(f"policy:{policy}", schedule="every 10s", retention="last=1")
         + _section("metrics", port=metrics_port, rpo_factor="1.0")
@@ -369,7 +362,7 @@ def test_the_report_mail_uses_starttls_and_auth(tmp_path):
     controller = Controller(
         inbox,
         hostname="127.0.0.1",
-        port=_free_port(),
+        port=free_port(),
         tls_context=tls,
         require_starttls=True,
         authenticator=authenticator,

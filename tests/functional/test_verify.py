@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -23,7 +22,7 @@ import rbd
 
 from cinderbak import recovery
 from tests import configs, localstack
-from tests.functional.conftest import CINDERBAK
+from tests.functional.conftest import CINDERBAK, free_port
 from tests.functional.test_daemon import Daemons, wait_until
 from tests.functional.test_run_once import _pattern
 
@@ -227,16 +226,10 @@ def test_start_up_recovery_deletes_the_scratch_volume_of_a_killed_verify(
     assert "cinderbak:verified" not in backup.metadata
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_daemon_verifies_on_its_schedule_and_exports_metrics(
     alice, backed_up, clouds_env, tmp_path
 ):
-    port = _free_port()
+    port = free_port()
     made = backed_up(
         "volume",
         [(0, _pattern("d0", 8 * MIB))],
