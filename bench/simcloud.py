@@ -815,24 +815,32 @@ class Handler(http.server.BaseHTTPRequestHandler):
         limit: int,
     ) -> list[dict[str, Any]]:
         """One page in an explicit sort order (``sort=updated_at:desc``),
-        the marker being the last item of the page before, as Cinder
-        pages a sorted query."""
+        as Cinder pages a sorted query: the items after the marker's own
+        values of the sort keys (the marker looked up by id, 404 when it
+        is gone). One pass over the matching items per page, not a sort
+        of them all."""
         keys, descending = order
-        matching = [
+
+        def values(item: dict[str, Any]) -> list[Any]:
+            return [item.get(k) or "" for k in keys]
+
+        matching: Iterator[dict[str, Any]] = (
             i
             for i in kind.indexes[index].after(key, 0)
             if all(f(i) for f in filters)
-        ]
-        matching.sort(
-            key=lambda i: [i.get(k) or "" for k in keys], reverse=descending
         )
-        start = 0
         if query.get("marker"):
-            ids = [i["id"] for i in matching]
-            if query["marker"] not in ids:
+            marker = kind.by_id.get(query["marker"])
+            if marker is None:
                 raise Refused(404, f"marker {query['marker']} not found")
-            start = ids.index(query["marker"]) + 1
-        return matching[start : start + limit]
+            after = values(marker)
+            matching = (
+                i
+                for i in matching
+                if (values(i) < after if descending else values(i) > after)
+            )
+        pick = heapq.nlargest if descending else heapq.nsmallest
+        return pick(limit, matching, key=values)
 
     def _limit(self, query: dict[str, str]) -> int:
         """The page length Cinder serves: ``limit`` capped at
@@ -929,7 +937,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         state.later(state.delays["delete"], gone)
 
 
-SORT_KEYS = ("created_at", "updated_at", "id")
+SORT_KEYS = ("created_at", "updated_at", "id", "volume_id")
 
 
 def sort_keys(query: dict[str, str]) -> tuple[list[str], bool] | None:

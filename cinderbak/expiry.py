@@ -511,19 +511,31 @@ class QuietLooks:
             )
 
 
-PLANNED_FIELDS = (
-    "id",
-    "volume_id",
-    "status",
-    "metadata",
-    "created_at",
-    "data_timestamp",
-    "is_incremental",
-    "has_dependent_backups",
-)
-"""What planning, the orphan checks and the deleter's last look read of
-a listed backup. Cinder lists about 20 fields: dropping the rest as each
-page is read halves what a held backup costs (1.0 against 2.4 KB)."""
+class _Quietness:
+    """A project's quietness (:func:`cinderbak.quiet.quiet_after`),
+    worked out volume by volume as its batches are planned: the deletions
+    that must all succeed for it to be quiet, or None once it cannot be."""
+
+    def __init__(self) -> None:
+        self.needed: set[str] | None = set()
+
+    def lost(self) -> None:
+        self.needed = None
+
+    def add(
+        self,
+        history: list[BackupInfo],
+        deleting: Iterable[str],
+        rules: retention.Retention,
+        now: datetime.datetime,
+    ) -> None:
+        if self.needed is None:
+            return
+        needed = quiet.quiet_after({"": (history, deleting)}, rules, now)
+        if needed is None:
+            self.needed = None
+        else:
+            self.needed |= needed
 
 
 class _Reader:
@@ -598,26 +610,6 @@ class _Reader:
         )
         return {volume.id: volume.project_id for volume in found}
 
-    def project_backups(
-        self, project_id: str
-    ) -> tuple[float, dict[str, list[Any]]]:
-        """When the listing began (time.monotonic) and the project's
-        backups as listed, by volume (page by page, as plain decoded
-        JSON, with the service user's token:
-        :func:`cinderbak.listing.project_backups`)."""
-        began = time.monotonic()
-        by_volume: dict[str, list[Any]] = {}
-        # The service project holds every volume's history, read whole:
-        # keep only what planning reads of each backup. A tenant's
-        # project is held one at a time, so there the copy would only
-        # cost CPU.
-        slim = self.policy.ownership is Ownership.SERVICE
-        for item in listing.project_backups(self.cloud, project_id):
-            if slim:
-                item = {k: item[k] for k in PLANNED_FIELDS if k in item}
-            by_volume.setdefault(item.get("volume_id") or "", []).append(item)
-        return began, by_volume
-
     def plans(
         self,
         now: datetime.datetime,
@@ -627,8 +619,11 @@ class _Reader:
         owns: Callable[[str], bool] | None = None,
         looks: QuietLooks | None = None,
     ) -> Iterator[VolumePlan]:
-        """Yield the plan of each volume, project by project, as its
-        project is read; deletions are granted as the backlog is seen
+        """Yield the plan of each volume, project by project, and within a
+        project batch by batch of whole volumes as the listing is read
+        (:func:`cinderbak.listing.backups_by_volume`: the service project
+        holds every volume's history, which is never held whole);
+        deletions are granted as the backlog is seen
         (:func:`cinderbak.pace.allowance`). With ``deletions_only``, a
         volume that cannot have a deletion is not planned and a plan
         without deletions is not yielded (an expiry pass). With
@@ -642,24 +637,41 @@ class _Reader:
                 project_id, volumes_of.get(project_id, ())
             ):
                 continue
-            try:
-                began, by_volume = self.project_backups(project_id)
-            except API_ERRORS as exc:
-                name = self.policy.name
-                LOG.error("policy %s: project %s: %s", name, project_id, exc)
-                self.problems.append(
-                    ExpiryRow.problem(name, project_id, "", str(exc))
+            problems_before = len(self.problems)
+            quietness: _Quietness | None = _Quietness()
+            batches = listing.backups_by_volume(self.cloud, project_id)
+            while True:
+                try:
+                    batch = next(batches, None)
+                except API_ERRORS as exc:
+                    name = self.policy.name
+                    LOG.error(
+                        "policy %s: project %s: %s", name, project_id, exc
+                    )
+                    self.problems.append(
+                        ExpiryRow.problem(name, project_id, "", str(exc))
+                    )
+                    quietness = None  # not looked at: the last look stays
+                    break
+                if batch is None:
+                    break
+                yield from self._batch_plans(
+                    now,
+                    pace_of,
+                    volume_ids,
+                    deletions_only,
+                    (project_id, *batch, targets),
+                    owns,
+                    quietness if looks is not None else None,
                 )
-                continue
-            yield from self._project_plans(
-                now,
-                pace_of,
-                volume_ids,
-                deletions_only,
-                (project_id, began, by_volume, targets),
-                owns,
-                looks,
-            )
+            if looks is not None and quietness is not None:
+                looks.seen(
+                    project_id,
+                    None
+                    if len(self.problems) != problems_before
+                    or quietness.needed is None
+                    else frozenset(quietness.needed),
+                )
 
     def _volumes_by_owner(
         self, targets: Mapping[str, str]
@@ -672,7 +684,7 @@ class _Reader:
             found.setdefault(project_id, []).append(volume_id)
         return found
 
-    def _project_plans(
+    def _batch_plans(
         self,
         now: datetime.datetime,
         pace_of: Pace,
@@ -680,16 +692,13 @@ class _Reader:
         deletions_only: bool,
         read: tuple[str, float, dict[str, list[Any]], Mapping[str, str]],
         owns: Callable[[str], bool] | None = None,
-        looks: QuietLooks | None = None,
+        quietness: _Quietness | None = None,
     ) -> Iterator[VolumePlan]:
+        """Plan the volumes of one batch of a project's listing (whole
+        volumes, listed from ``began`` on); tell ``quietness`` what each
+        leaves behind."""
         project_id, began, by_volume, targets = read
-        name = self.policy.name
         service = self.policy.ownership is Ownership.SERVICE
-        problems_before = len(self.problems)
-        # What this pass leaves of each volume (its history, the ids it
-        # deletes), None once one cannot stay quiet (:mod:`cinderbak.quiet`).
-        after: dict[str, tuple[list[BackupInfo], Iterable[str]]] | None
-        after = {} if looks is not None else None
         trusted = self.parts.journal.known_backups(by_volume)
         infos = {
             volume_id: [
@@ -714,65 +723,92 @@ class _Reader:
         for volume_id in sorted(by_volume):
             if not any(info.ours for info in infos[volume_id]):
                 continue
-            if after is not None:
+            tracked = False
+            if quietness is not None:
                 if targets.get(volume_id) == project_id or (
                     service and volume_id in targets
                 ):
-                    after[volume_id] = (infos[volume_id], ())
+                    tracked = True
                 elif volume_id in targets or self._marked_mine(
                     by_volume[volume_id]
                 ):
                     # An orphan, a volume that left the policy or one now
                     # in another project: what makes these due is not in
                     # this project's fingerprint.
-                    after = None
-            if owns is not None and not owns(volume_id):
-                continue  # another daemon's share
-            try:
-                exists = self.covered(volume_id, by_volume[volume_id], targets)
-            except API_ERRORS as exc:
-                self.problems.append(
-                    ExpiryRow.problem(name, project_id, volume_id, str(exc))
+                    quietness.lost()
+            found, deleting = self._volume_plan(
+                now,
+                pace_of,
+                (project_id, volume_id, began, by_volume[volume_id], targets),
+                infos[volume_id],
+                parents,
+                deletions_only,
+                owns,
+            )
+            if tracked and quietness is not None:
+                quietness.add(
+                    infos[volume_id], deleting, self.policy.retention, now
                 )
+            if found is None:
                 continue
-            if exists is None:
-                continue
-            history = {}
-            for info in infos[volume_id]:
-                parent = parents.get(info.id)
-                if parent and info.is_incremental:
-                    info = info._replace(parent_id=parent)
-                history[info.id] = info
-            if deletions_only and retention.nothing_to_delete(
-                history.values(),
-                self.policy.retention,
-                volume_exists=exists,
-            ):
-                continue
-            try:
-                result = self._plan(history, now, exists, pace_of)
-            except ValueError as exc:  # an id listed twice (paging)
-                self.problems.append(
-                    ExpiryRow.problem(name, project_id, volume_id, str(exc))
-                )
-                continue
-            if after is not None and volume_id in after:
-                after[volume_id] = (
-                    infos[volume_id],
-                    [d.backup_id for d in result.deletions],
-                )
             if volume_ids and volume_id not in volume_ids:
                 continue  # planned all the same: it used the budget
-            if deletions_only and not result.deletions:
-                continue
-            listed = None
-            if deletions_only:  # rows are of deletions only: keep those
-                history = {
-                    d.backup_id: history[d.backup_id] for d in result.deletions
-                }
-                as_listed = {item["id"]: item for item in by_volume[volume_id]}
-                listed = (began, {i: as_listed[i] for i in history})
-            yield VolumePlan(
+            yield found
+
+    def _volume_plan(
+        self,
+        now: datetime.datetime,
+        pace_of: Pace,
+        read: tuple[str, str, float, list[Any], Mapping[str, str]],
+        infos: list[BackupInfo],
+        parents: Mapping[str, str],
+        deletions_only: bool,
+        owns: Callable[[str], bool] | None,
+    ) -> tuple[VolumePlan | None, list[str]]:
+        """One volume's plan (None: nothing to yield) and the ids it
+        deletes."""
+        project_id, volume_id, began, listed_items, targets = read
+        name = self.policy.name
+        if owns is not None and not owns(volume_id):
+            return None, []  # another daemon's share
+        try:
+            exists = self.covered(volume_id, listed_items, targets)
+        except API_ERRORS as exc:
+            self.problems.append(
+                ExpiryRow.problem(name, project_id, volume_id, str(exc))
+            )
+            return None, []
+        if exists is None:
+            return None, []
+        history = {}
+        for info in infos:
+            parent = parents.get(info.id)
+            if parent and info.is_incremental:
+                info = info._replace(parent_id=parent)
+            history[info.id] = info
+        if deletions_only and retention.nothing_to_delete(
+            history.values(),
+            self.policy.retention,
+            volume_exists=exists,
+        ):
+            return None, []
+        try:
+            result = self._plan(history, now, exists, pace_of)
+        except ValueError as exc:  # an id listed twice (paging)
+            self.problems.append(
+                ExpiryRow.problem(name, project_id, volume_id, str(exc))
+            )
+            return None, []
+        deleting = [d.backup_id for d in result.deletions]
+        if deletions_only and not deleting:
+            return None, deleting
+        listed = None
+        if deletions_only:  # rows are of deletions only: keep those
+            history = {i: history[i] for i in deleting}
+            as_listed = {item["id"]: item for item in listed_items}
+            listed = (began, {i: as_listed[i] for i in history})
+        return (
+            VolumePlan(
                 policy=self.policy,
                 project_id=project_id,
                 volume_id=volume_id,
@@ -780,16 +816,9 @@ class _Reader:
                 history=history,
                 plan=result,
                 listed=listed,
-            )
-        if looks is not None:
-            if len(self.problems) != problems_before:
-                after = None
-            looks.seen(
-                project_id,
-                None
-                if after is None
-                else quiet.quiet_after(after, self.policy.retention, now),
-            )
+            ),
+            deleting,
+        )
 
     def _plan(
         self,

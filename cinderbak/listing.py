@@ -21,7 +21,8 @@ there the object costs nothing that matters.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+import time
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import openstack.connection
@@ -50,10 +51,28 @@ def pages(
     """Yield every item of a Block Storage listing, page by page.
 
     ``path`` is e.g. ``/backups/detail``, ``key`` the list's name in the
-    answer (``backups``). Each page is retried like any read;
-    :func:`next_marker` says whether another follows. When the item a
-    page starts after was deleted meanwhile (:func:`marker_gone`), the
-    listing starts again and yields only items not yielded before.
+    answer (``backups``). See :func:`page_lists`.
+    """
+    for page in page_lists(cloud, conn, path, key, params, limit=limit):
+        yield from page
+
+
+def page_lists(
+    cloud: Cloud,
+    conn: openstack.connection.Connection,
+    path: str,
+    key: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    limit: int = PAGE_SIZE,
+) -> Iterator[list[dict[str, Any]]]:
+    """Yield the items of a Block Storage listing, one list per page,
+    each page requested only when the one before has been taken.
+
+    Each page is retried like any read; :func:`next_marker` says whether
+    another follows. When the item a page starts after was deleted
+    meanwhile (:func:`marker_gone`), the listing starts again and yields
+    only items not yielded before.
     """
     marker: str | None = None
     seen: set[str] = set()
@@ -78,10 +97,12 @@ def pages(
             restarts += 1
             marker = None
             continue
+        page = []
         for item in body.get(key) or []:
             if item["id"] not in seen:
                 seen.add(item["id"])
-                yield item
+                page.append(item)
+        yield page
         marker = next_marker(body, key)
         if marker is None:
             return
@@ -180,6 +201,94 @@ def project_backups(
         "backups",
         {"all_tenants": 1, **(params or {}), "project_id": project_id},
     )
+
+
+BATCH_VOLUMES = 250
+"""Whole volumes per batch of :func:`backups_by_volume`: about 2,500
+backups held at a time with 10 each, against a region's whole history
+(100,000 backups, over 100 MB, in the service project at 10,000
+volumes)."""
+
+
+def backups_by_volume(
+    cloud: Cloud, project_id: str, *, size: int = BATCH_VOLUMES
+) -> Iterator[tuple[float, dict[str, list[dict[str, Any]]]]]:
+    """Every backup of ``project_id`` as listed, in batches of whole
+    volumes (:func:`volume_batches`), each with when (``time.monotonic``)
+    its first page was requested.
+
+    The listing is sorted by volume (``sort=volume_id:asc``: Cinder sorts
+    a list on any column of its table, and adds ``created_at`` and ``id``
+    after the keys given), so a volume's backups arrive together and a
+    batch can be planned while the rest is still to be read.
+    """
+    listed = page_lists(
+        cloud,
+        cloud.service,
+        "/backups/detail",
+        "backups",
+        {"all_tenants": 1, "project_id": project_id, "sort": "volume_id:asc"},
+    )
+    return volume_batches(_timed(listed), size)
+
+
+def _timed(
+    lists: Iterator[list[dict[str, Any]]],
+) -> Iterator[tuple[float, list[dict[str, Any]]]]:
+    """Each page with the time right before it was asked for (the pages
+    are requested lazily, as they are taken)."""
+    while True:
+        requested = time.monotonic()
+        page = next(lists, None)
+        if page is None:
+            return
+        yield requested, page
+
+
+def volume_batches(
+    pages: Iterable[tuple[float, list[dict[str, Any]]]], size: int
+) -> Iterator[tuple[float, dict[str, list[dict[str, Any]]]]]:
+    """Group the pages of a backup listing sorted by volume into batches
+    of whole volumes: at least ``size`` volumes each (the last may hold
+    fewer), with the request time of the earliest page any of its
+    backups came from.
+
+    A batch is cut at a page's end, before the page's last volume, whose
+    backups may go on in the next page. A backup of a volume whose batch
+    was already given out (created while we paged, and read when a
+    listing started again after its marker was deleted) is left out, and
+    counted: that volume is planned as it was listed, and the backup is
+    seen by the next listing. Planning never deletes more for a backup it
+    did not see.
+    """
+    batch: dict[str, list[dict[str, Any]]] = {}
+    first_seen: dict[str, float] = {}
+    given: set[str] = set()
+    tail = ""
+    late = 0
+    for requested, page in pages:
+        for item in page:
+            volume_id = item.get("volume_id") or ""
+            if volume_id in given:
+                late += 1
+                continue
+            first_seen.setdefault(volume_id, requested)
+            batch.setdefault(volume_id, []).append(item)
+            tail = volume_id
+        if len(batch) > size:
+            kept = batch.pop(tail)
+            yield min(first_seen[v] for v in batch), batch
+            given.update(batch)
+            batch, first_seen = {tail: kept}, {tail: first_seen[tail]}
+    if late:
+        LOG.warning(
+            "%d backups were listed after their volume's other backups had "
+            "been planned (created while the listing was read, or the "
+            "listing was not sorted by volume); the next listing sees them",
+            late,
+        )
+    if batch:
+        yield min(first_seen.values()), batch
 
 
 def run_backups(

@@ -147,6 +147,10 @@ def test_every_page_is_read_when_cinder_serves_fewer_than_asked(
     assert {r["status"] for r in done.values()} == {"ok"}, rows
     backups = {r["backup_id"] for r in done.values()}
     assert len(backups) == VOLUMES
+    # A second backup of each volume: a volume's history spans pages.
+    again = cinderbak.run("run-once", "--no-audit", check=True)
+    backups |= {r["backup_id"] for r in again if r["volume_id"] in ids}
+    assert len(backups) == 2 * VOLUMES
 
     # The plan reads the project's backups page by page: every backup
     # of every volume is there, none twice.
@@ -155,10 +159,30 @@ def test_every_page_is_read_when_cinder_serves_fewer_than_asked(
     assert sorted(planned) == sorted(backups), plan
     assert {r["volume_id"] for r in plan} == ids
 
+    # Planning takes the history in batches of whole volumes, from a
+    # listing Cinder sorts by volume: with one-item pages and batches of
+    # one volume, each volume's two backups still arrive together.
+    cloud = _cloud(cinderbak, clouds, monkeypatch)
+    batches = [
+        batch
+        for _began, batch in listing.backups_by_volume(
+            cloud, stack.projects["tenant-a"], size=1
+        )
+    ]
+    batched = [v for batch in batches for v in batch]
+    assert len(batched) == len(set(batched)), "a volume in two batches"
+    for batch in batches:
+        for volume_id in ids & batch.keys():
+            assert {b["id"] for b in batch[volume_id]} == {
+                r["backup_id"]
+                for r in (*rows, *again)
+                if r["volume_id"] == volume_id
+            }
+    assert ids <= set(batched)
+
     # A backup deleted between two pages: the next page's marker is gone
     # (Cinder answers 404). The listing starts again and yields each
     # remaining backup once.
-    cloud = _cloud(cinderbak, clouds, monkeypatch)
     listed = listing.project_backups(cloud, stack.projects["tenant-a"])
     # Newest first: this test's backups lead (the project may hold other
     # tests' backups after them).
