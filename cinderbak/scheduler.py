@@ -361,14 +361,20 @@ class Daemon:
 
     # -- start -----------------------------------------------------------
 
-    def start(self, now: datetime.datetime | None = None) -> None:
-        """Schedule every policy, start recovery, tell systemd we're up."""
+    def start(
+        self,
+        leftovers: recovery.Leftovers,
+        now: datetime.datetime | None = None,
+    ) -> None:
+        """Schedule every policy, start recovery, tell systemd we're up.
+
+        ``leftovers`` were listed before any job could begin a run, while
+        no other process of this host was alive
+        (:func:`cinderbak.recovery.take_leftovers`): recovery settles
+        these only, never what this process or a later command began.
+        """
         now = now or _utcnow()
-        journal = self.parts.journal
-        # Taken before any job can begin a run: recovery settles these only,
-        # never what the new process began.
-        unfinished = journal.unfinished_runs()
-        frozen = journal.frozen_servers()
+        unfinished, frozen = leftovers
         due = recovery.missed_runs(self.parts, now)
         for name in sorted(self.parts.policies):
             self._add_policy_job(self.parts.policies[name])

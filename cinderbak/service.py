@@ -19,6 +19,7 @@ from cinderbak import (
     discovery,
     dr_store,
     dr_sync,
+    hostlock,
     journal,
     policy,
 )
@@ -56,6 +57,9 @@ class Parts:
     membership: coordination.Membership | None = None
     # The DR catalog on the backup cluster ([dr] catalog_conf), if any.
     dr_catalog: dr_store.CatalogStore | None = None
+    # The lock this process shares with the others of its host
+    # (:mod:`cinderbak.hostlock`); None where it could not be opened.
+    host_lock: hostlock.HostLock | None = None
 
     @property
     def members(self) -> coordination.Membership:
@@ -76,6 +80,8 @@ class Parts:
             self.volume_cluster.close()
         self.cloud.close()
         self.journal.close()
+        if self.host_lock is not None:
+            self.host_lock.close()
         if self.dr_catalog is not None:
             self.dr_catalog.close()
 
@@ -87,12 +93,25 @@ def build(conf: cfg.ConfigOpts, *, daemon: bool = False) -> Parts:
     cloud cannot do what we need, before anything is touched. With
     ``[coordination] backend_url``, a daemon joins the daemons' group and
     takes a share of the work; a command joins the commands' group, so
-    its runs in flight are never taken for a dead daemon's.
+    its runs in flight are never taken for a dead daemon's. A command
+    holds this host's lock shared from here on, so that no process of
+    the host takes its runs for leftovers; the daemon takes it when it
+    lists its leftovers (:func:`cinderbak.recovery.take_leftovers`).
     """
     policies = policy.load_policies(conf)
     if conf.journal.connection.startswith("sqlite:///"):
         os.makedirs(conf.state_path, mode=0o750, exist_ok=True)
     coordination.register_opts(conf)
+    if daemon:
+        # Recovery is a daemon's first job: without the lock it cannot
+        # know the host's other processes, so it does not start.
+        lock: hostlock.HostLock | None = hostlock.HostLock(
+            conf.state_path, conf.host
+        )
+    else:
+        lock = hostlock.open_lock(conf.state_path, conf.host)
+        if lock is not None:
+            lock.share()
     store = journal.Journal(conf, host=conf.host)
     store.upgrade()
     cloud = Cloud(conf)
@@ -117,6 +136,7 @@ def build(conf: cfg.ConfigOpts, *, daemon: bool = False) -> Parts:
         SourceChecksummer(cluster) if cluster else None,
         membership=members,
         dr_catalog=dr_store.CatalogStore.from_conf(conf),
+        host_lock=lock,
     )
 
 

@@ -38,8 +38,10 @@ from cinderbak import (
     metrics,
     opts,
     policy,
+    recovery,
     scheduler,
     service,
+    systemd,
 )
 from cinderbak.cloud import CloudTooOld
 from cinderbak.cmd import settle_start_up
@@ -120,6 +122,51 @@ def report(problems: Sequence[config_check.Problem], prefix: str) -> None:
     sys.stderr.flush()
 
 
+HOST_WAIT_STEP = 1.0
+"""Seconds between two looks at the host's lock while another process
+of the host is alive."""
+
+
+def wait_for_host(parts: service.Parts) -> recovery.Leftovers | None:
+    """This host's leftovers, listed once no other cinderbak process of
+    the host is alive (:func:`cinderbak.recovery.take_leftovers`); None
+    when SIGTERM or SIGINT comes first.
+
+    A command such as ``run-once`` on this host holds the host's lock
+    for its life: its guests are frozen and its snapshots in use, and
+    recovery would take them for a dead process's. The daemon waits for
+    it, telling the log every minute and systemd, whose start timeout it
+    extends meanwhile. A second daemon given this ``[DEFAULT] host``
+    waits here as long as the first runs.
+    """
+    lock = parts.host_lock
+    if lock is None:  # service.build opens it for a daemon, or fails
+        raise RuntimeError("the host's lock is not open")
+    waited, told = 0.0, None
+    while (leftovers := recovery.take_leftovers(parts, hold=False)) is None:
+        if told is None or waited - told >= 60:
+            told = waited
+            LOG.warning(
+                "another cinderbak process of host %s is running (it holds "
+                "%s: a command such as run-once, or a second daemon with "
+                "this host name); this daemon starts when it ends (waited "
+                "%.0f s)",
+                parts.journal.host,
+                lock.path,
+                waited,
+            )
+            systemd.notify(
+                f"EXTEND_TIMEOUT_USEC={int(120 * 1e6)}",
+                status="waiting for another cinderbak process of this host",
+            )
+        signum = signal.sigtimedwait(SIGNALS, HOST_WAIT_STEP)
+        if signum is not None and signum.si_signo != signal.SIGHUP:
+            LOG.info("stopped before starting")
+            return None
+        waited += HOST_WAIT_STEP
+    return leftovers
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
@@ -193,8 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         LOG.error("cannot serve metrics: %s", exc)
         return EXIT_CONFIG
+    leftovers = wait_for_host(parts)
+    if leftovers is None:
+        parts.close()
+        return EXIT_OK
     daemon = scheduler.Daemon(parts, functools.partial(reread_policies, argv))
-    daemon.start()
+    daemon.start(leftovers)
     while (signum := signal.sigwait(SIGNALS)) == signal.SIGHUP:
         LOG.info("SIGHUP: reloading the policies")
         daemon.reload()

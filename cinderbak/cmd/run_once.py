@@ -31,8 +31,23 @@ class RunOnce(PolicyLister):
     def take_action(self, parsed_args: argparse.Namespace) -> Table:
         parts = self.parts()
         # Cron users get what the daemon gives at start-up: guests left
-        # frozen thawed, interrupted runs settled, leftovers swept.
-        settled = recovery.recover(parts, threading.Event())
+        # frozen thawed, interrupted runs settled, leftovers swept. Only
+        # when no other cinderbak process of this host is alive: next to
+        # a running daemon, what is unfinished is its work in flight.
+        leftovers = recovery.take_leftovers(parts, hold=True)
+        if leftovers is None:
+            self.app.stdout.write(
+                f"recovery: skipped, another cinderbak process of host "
+                f"{parts.journal.host} is running (or its lock cannot be "
+                "opened); what is unfinished is left to it, or to the next "
+                "process that starts alone\n"
+            )
+            settled = []
+        else:
+            unfinished, frozen = leftovers
+            settled = recovery.recover(
+                parts, threading.Event(), unfinished=unfinished, frozen=frozen
+            )
         if settled:
             self.app.stdout.write(
                 f"recovery: settled {len(settled)} interrupted runs: "

@@ -488,6 +488,111 @@ def test_a_slot_killed_before_discovery_is_run_again_not_called_a_success(
     assert daemon.stop() == 0
 
 
+# -- processes of one host -------------------------------------------------
+
+HOLD_THE_HOST = """
+import sys
+from cinderbak.hostlock import HostLock
+lock = HostLock(sys.argv[1], sys.argv[2])
+lock.share()
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+class HostHolder:
+    """Another cinderbak process of this host, as far as its lock file
+    says: a command in the middle of its work."""
+
+    def __init__(self, config) -> None:
+        conf = configs.conf_from(config.path)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLD_THE_HOST, conf.state_path, conf.host],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout.readline().strip() == "held"
+
+    def end(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def _interrupted_expiry(journal, name):
+    """A run in flight, as a process of this host leaves it mid-pass."""
+    journal.upgrade()
+    run = journal.begin_run(
+        f"expire:{name}",
+        "volume-x",
+        datetime.datetime.now(UTC),
+        project_id=None,
+    )
+    journal.start_run(run.id)
+    return run
+
+
+def test_run_once_leaves_the_runs_of_a_live_process_of_its_host_alone(
+    cinderbak_config, daemons
+):
+    """run-once recovers the host's unfinished runs only when no other
+    cinderbak process of the host is alive: next to a daemon, they are
+    its runs in flight (a guest it froze, a snapshot it copies)."""
+    name = _unique("lone")
+    config = cinderbak_config(_policy(name, "every 1h"))
+    journal = daemons.journal()
+    left = _interrupted_expiry(journal, name)
+
+    holder = HostHolder(config)
+    try:
+        config.run("run-once", "--policy", name, "--no-audit", check=True)
+        assert "recovery: skipped" in config.last_stdout
+        assert not journal.get_run(left.id).is_final
+    finally:
+        holder.end()
+
+    config.run("run-once", "--policy", name, "--no-audit", check=True)
+    assert "recovery: skipped" not in config.last_stdout
+    run = journal.get_run(left.id)
+    assert run.state is states.FAILED, run
+    assert "interrupted" in run.summary["error"]
+
+
+def test_the_daemon_starts_after_a_command_of_its_host_has_ended(
+    cinderbak_config, daemons
+):
+    """A daemon started while a command of its host runs would take the
+    command's runs for its own leftovers: it waits, says so, and
+    recovers and schedules once the command has ended."""
+    name = _unique("wait")
+    config = cinderbak_config(_policy(name, "every 1h"))
+    journal = daemons.journal()
+    left = _interrupted_expiry(journal, name)
+
+    holder = HostHolder(config)
+    try:
+        daemon = daemons.start(config)
+        wait_until(
+            lambda: "another cinderbak process of host" in daemon.output(),
+            60,
+            "the daemon to say it waits",
+            daemon=daemon,
+        )
+        time.sleep(3)
+        assert not journal.get_run(left.id).is_final
+        assert daemon.proc.poll() is None
+    finally:
+        holder.end()
+    run = wait_until(
+        lambda: (run := journal.get_run(left.id)).is_final and run,
+        60,
+        "the daemon's recovery of the interrupted pass",
+        daemon=daemon,
+    )
+    assert run.state is states.FAILED, run
+    assert daemon.stop() == 0
+
+
 # -- concurrency limits and the cost of a run -----------------------------
 
 
