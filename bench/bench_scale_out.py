@@ -251,6 +251,12 @@ def main() -> None:
     p.add_argument("--ownership", default="project")
     p.add_argument("--backup-seconds", type=float, default=1.0)
     p.add_argument("--services", type=int, default=20)
+    p.add_argument(
+        "--max-limit",
+        type=int,
+        default=1000,
+        help="the simulated Cinder's osapi_max_limit (longest page)",
+    )
     p.add_argument("--timeout", type=float, default=1800)
     args = p.parse_args()
     base = args.journal_url

@@ -519,8 +519,12 @@ class HostHolder:
         self.proc.wait(30)
 
 
-def _interrupted_expiry(journal, name):
-    """A run in flight, as a process of this host leaves it mid-pass."""
+def _interrupted_expiry(cinderbak_config, daemons, prefix):
+    """A config with one policy, its journal, and a run of it in flight,
+    as a process of this host leaves it mid-pass."""
+    name = _unique(prefix)
+    config = cinderbak_config(_policy(name, "every 1h"))
+    journal = daemons.journal()
     journal.upgrade()
     run = journal.begin_run(
         f"expire:{name}",
@@ -529,7 +533,7 @@ def _interrupted_expiry(journal, name):
         project_id=None,
     )
     journal.start_run(run.id)
-    return run
+    return name, config, journal, run
 
 
 def test_run_once_leaves_the_runs_of_a_live_process_of_its_host_alone(
@@ -538,10 +542,9 @@ def test_run_once_leaves_the_runs_of_a_live_process_of_its_host_alone(
     """run-once recovers the host's unfinished runs only when no other
     cinderbak process of the host is alive: next to a daemon, they are
     its runs in flight (a guest it froze, a snapshot it copies)."""
-    name = _unique("lone")
-    config = cinderbak_config(_policy(name, "every 1h"))
-    journal = daemons.journal()
-    left = _interrupted_expiry(journal, name)
+    name, config, journal, left = _interrupted_expiry(
+        cinderbak_config, daemons, "lone"
+    )
 
     holder = HostHolder(config)
     try:
@@ -564,10 +567,9 @@ def test_the_daemon_starts_after_a_command_of_its_host_has_ended(
     """A daemon started while a command of its host runs would take the
     command's runs for its own leftovers: it waits, says so, and
     recovers and schedules once the command has ended."""
-    name = _unique("wait")
-    config = cinderbak_config(_policy(name, "every 1h"))
-    journal = daemons.journal()
-    left = _interrupted_expiry(journal, name)
+    _name, config, journal, left = _interrupted_expiry(
+        cinderbak_config, daemons, "wait"
+    )
 
     holder = HostHolder(config)
     try:
