@@ -461,6 +461,39 @@ def bench_expiry(args: argparse.Namespace) -> None:
         sim.stop()
 
 
+# A fixed pure-Python workload of the kind a plan is made of (decoding
+# JSON, building and sorting dicts): its CPU time says how fast this
+# machine (and its neighbours' load) runs Python, so numbers taken on
+# different days can be compared. The README records it with each table.
+REFERENCE = """
+import json, time
+start = time.process_time()
+for _ in range(4):
+    items = [{"id": f"{n:032x}", "volume_id": f"v{n % 997:05}",
+              "created_at": f"2026-01-{n % 28 + 1:02}T00:00:{n % 60:02}"}
+             for n in range(100000)]
+    again = json.loads(json.dumps(items))
+    again.sort(key=lambda i: (i["volume_id"], i["created_at"], i["id"]))
+print(time.process_time() - start)
+"""
+
+
+def machine_reference() -> float:
+    """CPU seconds of REFERENCE in a fresh interpreter, median of 3."""
+    times = sorted(
+        float(
+            subprocess.run(
+                [sys.executable, "-c", REFERENCE],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        for _ in range(3)
+    )
+    return times[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1000,10000,50000")
@@ -505,6 +538,11 @@ def main() -> None:
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
     byte_compiled(args)
+    print(
+        f"machine: reference workload {machine_reference():.2f} CPU s "
+        "(median of 3; compare with the README's before comparing numbers)",
+        flush=True,
+    )
     if args.only != "expiry":
         runs = {int(n) for n in args.run_sizes.split(",") if n}
         startup = plan_startup(args)
