@@ -43,6 +43,11 @@ def lock_path(state_path: str, host: str) -> str:
     return os.path.join(state_path, f"host-{safe}.lock")
 
 
+class LockUnavailable(ValueError):
+    """The daemon cannot open its host's lock file: a configuration
+    problem (the file's owner or mode), not one a restart would fix."""
+
+
 class HostLock:
     """This process's hold on the host's lock file (none until asked)."""
 
@@ -51,8 +56,39 @@ class HostLock:
         self.path = lock_path(state_path, host)
         os.makedirs(state_path, mode=0o750, exist_ok=True)
         self._fd = os.open(
-            self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640
+            self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660
         )
+        self._share_with_group(state_path)
+
+    def _share_with_group(self, state_path: str) -> None:
+        """Let the state directory's group lock the file, whoever made
+        it: root running a command before the daemon ever started would
+        otherwise leave a file the daemon's user cannot open. The file
+        holds nothing but the lock."""
+        try:
+            made = os.fstat(self._fd)
+            if made.st_uid != os.geteuid():
+                return
+            os.fchmod(self._fd, 0o660)
+            group = os.stat(state_path).st_gid
+            if made.st_gid != group:
+                os.fchown(self._fd, -1, group)
+        except OSError as exc:
+            LOG.debug("%s: group access not given: %s", self.path, exc)
+
+    @classmethod
+    def for_daemon(cls, state_path: str, host: str) -> HostLock:
+        """The daemon's lock, or LockUnavailable saying how to fix it."""
+        try:
+            return cls(state_path, host)
+        except OSError as exc:
+            raise LockUnavailable(
+                f"cannot open {lock_path(state_path, host)} "
+                f"({exc.strerror or exc}); the daemon's user must be able to "
+                "write it: run cinderbak commands as that user (e.g. sudo -u "
+                "cinderbak cinderbak ...), or remove the file while no "
+                "cinderbak process runs"
+            ) from exc
 
     def share(self) -> None:
         """Hold the lock shared (waits only while a process of this host

@@ -105,7 +105,7 @@ def build(conf: cfg.ConfigOpts, *, daemon: bool = False) -> Parts:
     if daemon:
         # Recovery is a daemon's first job: without the lock it cannot
         # know the host's other processes, so it does not start.
-        lock: hostlock.HostLock | None = hostlock.HostLock(
+        lock: hostlock.HostLock | None = hostlock.HostLock.for_daemon(
             conf.state_path, conf.host
         )
     else:

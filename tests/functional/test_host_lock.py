@@ -6,11 +6,15 @@ when a process holds the lock, converts it, or is killed.
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import subprocess
 import sys
 
-from cinderbak.hostlock import HostLock
+import pytest
+
+from cinderbak.hostlock import HostLock, LockUnavailable
 
 HOLD = """
 import sys
@@ -76,3 +80,23 @@ def test_a_host_name_is_made_safe_for_a_file_name(tmp_path):
     assert lock.path.startswith(str(tmp_path) + "/host-")
     assert "/" not in lock.path[len(str(tmp_path)) + 1 :]
     lock.close()
+
+
+def test_the_lock_file_is_the_state_directory_groups(tmp_path):
+    # Root running a command before the daemon ever started must not
+    # leave a file the daemon's user (the directory's group) cannot lock.
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, -1, 4242)
+    lock = HostLock(str(state), "host-a")
+    made = os.stat(lock.path)
+    assert made.st_gid == 4242
+    assert stat.S_IMODE(made.st_mode) == 0o660
+    lock.close()
+
+
+def test_a_daemon_that_cannot_open_its_lock_says_how_to_fix_it(tmp_path):
+    not_a_directory = tmp_path / "state"
+    not_a_directory.write_text("")
+    with pytest.raises(LockUnavailable, match="the daemon's user must"):
+        HostLock.for_daemon(str(not_a_directory), "host-a")
