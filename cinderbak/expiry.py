@@ -512,9 +512,10 @@ class QuietLooks:
 
 
 class _Quietness:
-    """A project's quietness (:func:`cinderbak.quiet.quiet_after`),
-    worked out volume by volume as its batches are planned: the deletions
-    that must all succeed for it to be quiet, or None once it cannot be."""
+    """A project's quietness, worked out volume by volume
+    (:func:`cinderbak.quiet.quiet_after`) as its batches are planned: the
+    deletions that must all succeed for it to be quiet, or None once it
+    cannot be."""
 
     def __init__(self) -> None:
         self.needed: set[str] | None = set()
@@ -531,7 +532,7 @@ class _Quietness:
     ) -> None:
         if self.needed is None:
             return
-        needed = quiet.quiet_after({"": (history, deleting)}, rules, now)
+        needed = quiet.quiet_after(history, deleting, rules, now)
         if needed is None:
             self.needed = None
         else:
@@ -638,32 +639,27 @@ class _Reader:
             ):
                 continue
             problems_before = len(self.problems)
-            quietness: _Quietness | None = _Quietness()
-            batches = listing.backups_by_volume(self.cloud, project_id)
-            while True:
-                try:
-                    batch = next(batches, None)
-                except API_ERRORS as exc:
-                    name = self.policy.name
-                    LOG.error(
-                        "policy %s: project %s: %s", name, project_id, exc
+            quietness = _Quietness() if looks is not None else None
+            try:
+                for began, by_volume in listing.backups_by_volume(
+                    self.cloud, project_id
+                ):
+                    yield from self._batch_plans(
+                        now,
+                        pace_of,
+                        volume_ids,
+                        deletions_only,
+                        (project_id, began, by_volume, targets),
+                        owns,
+                        quietness,
                     )
-                    self.problems.append(
-                        ExpiryRow.problem(name, project_id, "", str(exc))
-                    )
-                    quietness = None  # not looked at: the last look stays
-                    break
-                if batch is None:
-                    break
-                yield from self._batch_plans(
-                    now,
-                    pace_of,
-                    volume_ids,
-                    deletions_only,
-                    (project_id, *batch, targets),
-                    owns,
-                    quietness if looks is not None else None,
+            except API_ERRORS as exc:
+                name = self.policy.name
+                LOG.error("policy %s: project %s: %s", name, project_id, exc)
+                self.problems.append(
+                    ExpiryRow.problem(name, project_id, "", str(exc))
                 )
+                continue  # not read whole: its last look stays
             if looks is not None and quietness is not None:
                 looks.seen(
                     project_id,

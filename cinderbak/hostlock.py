@@ -97,7 +97,9 @@ class HostLock:
 
     def try_alone(self) -> bool:
         """Take the lock exclusive if no other process of this host holds
-        it; return whether this process is now the host's only one."""
+        it; return whether this process is now the host's only one. When
+        not, the lock this process held (shared, or none) is kept as it
+        was: a POSIX lock that cannot be converted is left unchanged."""
         try:
             fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -105,12 +107,6 @@ class HostLock:
                 return False
             raise
         return True
-
-    def release(self) -> None:
-        """Hold nothing (while waiting to be alone: two processes that
-        each hold the lock shared while they wait for the other to end
-        would wait for ever)."""
-        fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         """Drop the lock (the process's end does the same)."""

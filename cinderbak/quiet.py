@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from cinderbak.chains import AVAILABLE, BackupInfo
 from cinderbak.retention import COUNT_KEYS, Retention, plan
@@ -131,19 +131,16 @@ def may_skip(
 
 
 def quiet_after(
-    volumes: Mapping[str, tuple[list[BackupInfo], Iterable[str]]],
+    history: list[BackupInfo],
+    deleting: Iterable[str],
     retention: Retention,
     now: datetime.datetime,
 ) -> frozenset[str] | None:
-    """Given a project's volumes as (backups, ids this pass deletes),
-    return the deletions that must all succeed for the project to be
+    """Given a volume's backups and the ids this pass deletes of them,
+    return the deletions that must all succeed for the volume to be
     quiet at ``now`` afterwards (empty: quiet already), or None when it
-    will not be."""
-    needed: set[str] = set()
-    for history, deleting in volumes.values():
-        gone = set(deleting)
-        left = [b for b in history if b.id not in gone]
-        if not volume_stays_quiet(left, retention, now):
-            return None
-        needed |= gone
-    return frozenset(needed)
+    will not be. A project is quiet when each of its volumes is, once
+    all their needed deletions are gone."""
+    gone = frozenset(deleting)
+    left = [b for b in history if b.id not in gone]
+    return gone if volume_stays_quiet(left, retention, now) else None

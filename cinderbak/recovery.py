@@ -216,24 +216,19 @@ def _sweep_backup(parts: Parts, step: StepRecord) -> str:
 Leftovers = tuple[list[RunRecord], list[StepRecord]]
 
 
-def take_leftovers(parts: Parts, *, hold: bool) -> Leftovers | None:
+def take_leftovers(parts: Parts) -> Leftovers | None:
     """List this host's unfinished runs and guests left frozen, as this
     process's to settle, if no other process of the host is alive
     (:mod:`cinderbak.hostlock`); then hold the lock shared like the rest.
 
     Return None when another process of the host is alive (what is
     unfinished may be its own, in flight) or the lock could not be
-    opened; then the lock is held shared with ``hold``, else not at all
-    (a daemon that waits for its turn must hold nothing meanwhile).
+    opened. A failed attempt leaves the lock as it was: shared for a
+    command, which took it when it started; nothing for a daemon, which
+    must hold nothing while it waits for its turn.
     """
     lock = parts.host_lock
-    if lock is None:
-        return None
-    if not lock.try_alone():
-        if hold:
-            lock.share()
-        else:
-            lock.release()
+    if lock is None or not lock.try_alone():
         return None
     try:
         return (

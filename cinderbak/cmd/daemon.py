@@ -143,7 +143,7 @@ def wait_for_host(parts: service.Parts) -> recovery.Leftovers | None:
     if lock is None:  # service.build opens it for a daemon, or fails
         raise RuntimeError("the host's lock is not open")
     waited, told = 0.0, None
-    while (leftovers := recovery.take_leftovers(parts, hold=False)) is None:
+    while (leftovers := recovery.take_leftovers(parts)) is None:
         if told is None or waited - told >= 60:
             told = waited
             LOG.warning(

@@ -34,7 +34,7 @@ class RunOnce(PolicyLister):
         # frozen thawed, interrupted runs settled, leftovers swept. Only
         # when no other cinderbak process of this host is alive: next to
         # a running daemon, what is unfinished is its work in flight.
-        leftovers = recovery.take_leftovers(parts, hold=True)
+        leftovers = recovery.take_leftovers(parts)
         if leftovers is None:
             self.app.stdout.write(
                 f"recovery: skipped, another cinderbak process of host "

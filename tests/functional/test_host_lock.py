@@ -71,7 +71,6 @@ def test_a_process_alone_keeps_others_waiting_until_it_shares(tmp_path):
         alone.stdin.close()  # type: ignore[union-attr]
         alone.wait(30)
     assert lock.try_alone()
-    lock.release()
     lock.close()
 
 

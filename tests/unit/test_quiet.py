@@ -68,18 +68,15 @@ def test_a_backup_dated_after_now_is_not_quiet():
 
 
 def test_quiet_after_names_the_deletions_it_takes():
-    volumes = {
-        "v1": (daily(1, 3), ()),
-        "v2": (daily(1, 5), ["d1", "d2"]),
-    }
-    assert quiet_after(volumes, LAST_3, at(6)) == frozenset({"d1", "d2"})
-    assert quiet_after({"v1": (daily(1, 3), ())}, LAST_3, at(6)) == frozenset()
+    assert quiet_after(daily(1, 5), ["d1", "d2"], LAST_3, at(6)) == frozenset(
+        {"d1", "d2"}
+    )
+    assert quiet_after(daily(1, 3), (), LAST_3, at(6)) == frozenset()
 
 
 def test_quiet_after_is_none_when_a_volume_keeps_too_many():
     # Paced: only one of the two due is deleted in this pass.
-    volumes = {"v1": (daily(1, 3), ()), "v2": (daily(1, 5), ["d1"])}
-    assert quiet_after(volumes, LAST_3, at(6)) is None
+    assert quiet_after(daily(1, 5), ["d1"], LAST_3, at(6)) is None
 
 
 def _fingerprint(**changes):
